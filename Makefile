@@ -1,0 +1,50 @@
+# cvbench: `make demo` and `make test` are the two commands a newcomer needs.
+# Each creates/updates .venv first (re-installing only when pyproject.toml or constraints.txt change).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench lint leaderboard vlfeat clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt -e ".[dev,faiss]"
+	@$(MAKE) --no-print-directory vlfeat || echo "cvbench: cyvlfeat not installed; dense SIFT uses the OpenCV backend"
+	@touch $(STAMP)
+
+# Optional: VLFeat's dense SIFT. Needs Debian's libvlfeat-dev (installed when we are root and apt
+# works); the Python binding is built against the numpy already in the venv.
+vlfeat:
+	@if ! test -e /usr/include/vl/generic.h; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq libvlfeat-dev >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libvlfeat-dev >/dev/null 2>&1)); \
+	  fi; \
+	fi
+	@test -e /usr/include/vl/generic.h
+	$(PIP) install -q cython setuptools wheel
+	$(PIP) install -q --no-build-isolation -c constraints.txt "cyvlfeat>=0.7"
+	$(PY) -c "import cyvlfeat.sift; print('cvbench: cyvlfeat available (vlfeat dense SIFT backend)')"
+
+demo: venv
+	$(VENV)/bin/cvbench suite demo
+	@echo "Leaderboard written: leaderboard/index.md (demo task: leaderboard/demo.md)"
+
+test: venv
+	$(VENV)/bin/ruff check cvbench baselines deep tests
+	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider tests/benchmarks --benchmark-enable --benchmark-disable-gc --benchmark-min-rounds=1 --benchmark-max-time=0.01 --benchmark-warmup=off -m "not slow"
+
+bench: venv
+	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable
+
+leaderboard: venv
+	$(VENV)/bin/cvbench leaderboard
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,1 @@
+"""Classical methods (installed as cvbench.baselines): tiny images, k-NN, dense SIFT bag of words."""

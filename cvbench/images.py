@@ -1,0 +1,82 @@
+"""Decode any image a dataset may hold into a uint8 array: grayscale, RGB, CMYK, 16-bit, or
+PNG with alpha. Large photographs can be decoded at reduced size (JPEG draft mode)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .errors import BadImageError
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # fundus photographs reach 18 Mpx; guard only true bombs
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer or float images scaled to 0..255 by their dynamic range."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if im.mode == "F":
+            lo, hi = float(arr.min()), float(arr.max()) or 1.0
+            arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        else:
+            arr = arr / hi * 255.0
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return im
+
+
+def load_image(
+    path: str | os.PathLike, mode: str = "rgb", max_side: int | None = None
+) -> np.ndarray:
+    """Decode `path` into uint8: (H, W) for mode="gray", (H, W, 3) for mode="rgb".
+
+    Alpha is composited on white; CMYK and palette images are converted; 16-bit images are
+    scaled to 8 bits. With `max_side`, JPEGs are decoded at a reduced scale (draft mode) and
+    then resized so that the longer side is at most `max_side`.
+    Raises BadImageError naming the file when it cannot be decoded.
+    """
+    if mode not in ("gray", "rgb"):
+        raise ValueError(f"mode must be 'gray' or 'rgb', got {mode!r}")
+    try:
+        with Image.open(path) as im:
+            if max_side is not None and im.format == "JPEG":
+                im.draft("RGB" if mode == "rgb" else "L", (max_side, max_side))
+            im.load()
+            im = _to_8bit(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, rgba)
+            im = im.convert("L" if mode == "gray" else "RGB")
+            if max_side is not None and max(im.size) > max_side:
+                scale = max_side / max(im.size)
+                size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+                im = im.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, str(exc) or type(exc).__name__) from None
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> (H, W) with ITU-R 601 luma weights (as PIL); gray passes through."""
+    if img.ndim == 2:
+        return img
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.clip(img[..., :3].astype(np.float32) @ weights + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) -> (H, W, 3); RGB passes through."""
+    if img.ndim == 3:
+        return img
+    return np.repeat(img[..., None], 3, axis=2)

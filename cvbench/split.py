@@ -1,0 +1,205 @@
+"""`Split`: the one data contract between readers and methods.
+
+A split is a frozen list of items (image paths, or an in-memory uint8 array) with integer
+labels, class names, per-item metadata groups (race, gender, patient, ...) and a fingerprint
+that names exactly which files and labels a run saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadImageError
+from .images import load_image, to_gray, to_rgb
+
+
+def fingerprint_of(items: Any, labels: np.ndarray, root: str | Path | None = None) -> str:
+    """Hash of the item list (relative paths, or array bytes) plus labels; 16 hex chars."""
+    h = hashlib.sha256()
+    if isinstance(items, np.ndarray) and items.dtype != object and items.dtype.kind != "U":
+        h.update(str(items.shape).encode())
+        h.update(np.ascontiguousarray(items).tobytes())
+    else:
+        for p in items:
+            p = Path(p)
+            if root is not None:
+                try:
+                    p = p.relative_to(root)
+                except ValueError:
+                    pass
+            h.update(p.as_posix().encode())
+            h.update(b"\0")
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One side of a dataset (train, test, val), as methods see it.
+
+    items:   sequence of image paths, or a uint8 array (N, H, W) / (N, H, W, C)
+    labels:  int64 array (N,), indices into `classes`
+    classes: class names
+    groups:  per-item metadata arrays of length N (e.g. {"race": ..., "patient": ...})
+    name:    e.g. "scene15/train"
+    root:    data root the paths are relative to (for the fingerprint), if any
+    meta:    free-form facts a record should carry (variant, counts, composition, ...)
+    """
+
+    items: Any
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    name: str
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    root: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    def __post_init__(self):
+        labels = np.asarray(self.labels, dtype=np.int64)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if not isinstance(self.items, np.ndarray):
+            object.__setattr__(self, "items", np.asarray([str(p) for p in self.items], dtype=object))
+        if len(self.items) != len(labels):
+            raise ValueError(f"{self.name}: {len(self.items)} items but {len(labels)} labels")
+        for key, values in self.groups.items():
+            if len(values) != len(labels):
+                raise ValueError(f"{self.name}: group {key!r} has {len(values)} values, expected {len(labels)}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
+            raise ValueError(f"{self.name}: labels outside 0..{len(self.classes) - 1}")
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", fingerprint_of(self.items, labels, self.root))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        """True when items is a uint8 pixel array rather than a list of paths."""
+        return isinstance(self.items, np.ndarray) and self.items.dtype == np.uint8
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.n_classes)
+
+    def image(self, i: int, mode: str = "rgb", max_side: int | None = None) -> np.ndarray:
+        """Item i as uint8 (H, W) for mode='gray' or (H, W, 3) for mode='rgb'."""
+        if self.in_memory:
+            img = self.items[i]
+            img = to_gray(img) if mode == "gray" else to_rgb(img)
+            return img
+        return load_image(self.items[i], mode=mode, max_side=max_side)
+
+    def iter_images(self, mode: str = "rgb", max_side: int | None = None) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.image(i, mode=mode, max_side=max_side)
+
+    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None, **meta) -> Split:
+        """A new split holding items[indices] (fingerprint recomputed)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Split(
+            items=self.items[idx],
+            labels=self.labels[idx],
+            classes=self.classes,
+            name=name or self.name,
+            groups={k: np.asarray(v)[idx] for k, v in self.groups.items()},
+            root=self.root,
+            meta={**self.meta, **meta},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What a record says about this split: name, size, per-class counts, fingerprint."""
+        return {
+            "name": self.name,
+            "n": len(self),
+            "fingerprint": self.fingerprint,
+            "class_counts": {c: int(n) for c, n in zip(self.classes, self.class_counts())},
+            **{k: v for k, v in self.meta.items() if _jsonable(v)},
+        }
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None), list, dict, tuple))
+
+
+def per_class_limit(split: Split, limit: int, seed: int = 0, name: str | None = None) -> Split:
+    """At most `limit` seeded-random items per class (used by --quick runs)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(split.n_classes):
+        idx = np.flatnonzero(split.labels == c)
+        if len(idx) > limit:
+            idx = np.sort(rng.choice(idx, size=limit, replace=False))
+        keep.append(idx)
+    return split.subset(np.sort(np.concatenate(keep)) if keep else [], name=name, quick_limit_per_class=limit)
+
+
+def carve_validation(
+    split: Split, fraction: float = 0.1, seed: int = 0, group_key: str | None = None
+) -> tuple[Split, Split]:
+    """Carve a stratified validation split from `split` (never from the test split).
+
+    With `group_key` (e.g. "patient"), all items of one group land on the same side.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    idx = np.arange(len(split))
+    if group_key is not None:
+        groups = np.asarray(split.groups[group_key])
+        n_splits = max(2, round(1 / fraction))
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train_idx, val_idx = next(cv.split(idx, split.labels, groups))
+    else:
+        counts = split.class_counts()
+        stratify = split.labels if counts[counts > 0].min() >= 2 else None
+        if stratify is None:
+            rng = np.random.default_rng(seed)
+            perm = rng.permutation(len(split))
+            n_val = max(1, round(fraction * len(split)))
+            val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        else:
+            sss = StratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+            train_idx, val_idx = next(sss.split(idx, stratify))
+    base = split.name.rsplit("/", 1)[0]
+    return (
+        split.subset(np.sort(train_idx), name=f"{base}/train-minus-val"),
+        split.subset(np.sort(val_idx), name=f"{base}/val"),
+    )
+
+
+def decode_all(
+    split: Split, mode: str = "rgb", size: tuple[int, int] | None = None, skip_bad: bool = False
+) -> tuple[np.ndarray, list[str]]:
+    """Decode every item, optionally resized to (w, h) with area interpolation.
+
+    Returns (array, bad_paths). With skip_bad, undecodable files become zero images and are
+    listed; without, the first one raises BadImageError naming it.
+    """
+    import cv2
+
+    out, bad = [], []
+    for i in range(len(split)):
+        try:
+            img = split.image(i, mode=mode)
+        except BadImageError:
+            if not skip_bad:
+                raise
+            bad.append(str(split.items[i]))
+            shape = (size[1], size[0]) if size else (1, 1)
+            img = np.zeros(shape + ((3,) if mode == "rgb" else ()), np.uint8)
+        if size is not None and (img.shape[1], img.shape[0]) != tuple(size):
+            img = cv2.resize(img, tuple(size), interpolation=cv2.INTER_AREA)
+        out.append(img)
+    return np.stack(out) if out else np.zeros((0,), np.uint8), bad

@@ -1,0 +1,1 @@
+"""Deep models and the training engine (installed as cvbench.deep)."""
