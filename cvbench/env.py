@@ -1,0 +1,96 @@
+"""Facts a record carries about where it ran: device, library versions, git revision."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+
+from .paths import repo_root
+
+_LIBS = ("numpy", "scipy", "scikit-learn", "opencv-contrib-python-headless", "torch",
+         "torchvision", "cyvlfeat", "faiss-cpu", "joblib")
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "cvbench": _version("cvbench")}
+    for lib in _LIBS:
+        v = _version(lib)
+        if v:
+            out[lib] = v
+    return out
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+@functools.cache
+def git_revision() -> str:
+    """HEAD of the source checkout, with '+dirty' when tracked files have changes."""
+    root = repo_root()
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        if not rev:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.cache
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible (then 'mps'), else 'cpu'; others pass through."""
+    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        from .errors import UserError
+
+        raise UserError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
+    if device != "auto":
+        return device
+    if "torch" not in sys.modules:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def device_info(device: str) -> dict[str, object]:
+    """What the record says about the hardware the run used."""
+    info: dict[str, object] = {"type": device.split(":")[0], "cpu": cpu_name(),
+                               "cpu_count": os.cpu_count()}
+    if device.startswith("cuda") and "torch" in sys.modules:
+        import torch
+
+        idx = torch.device(device).index or 0
+        info["gpu"] = torch.cuda.get_device_name(idx)
+        info["gpu_count"] = torch.cuda.device_count()
+    info["name"] = info.get("gpu") or f"CPU ({info['cpu_count']} cores)"
+    return info

@@ -1,0 +1,376 @@
+"""Render leaderboard/index.md and leaderboard/<task>.md (+ figures) from stored records only.
+
+Rendering is deterministic: the same records give byte-identical pages and figures, so a
+re-render after no new runs changes nothing in git.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_text
+from .paths import leaderboard_dir
+from .results import load_records
+from .tasks import Task, list_tasks
+
+FAMILIES = ("classical", "deep", "baseline")
+
+
+# ---------------------------------------------------------------- formatting helpers
+def fmt(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def fmt_ci(m: dict) -> str:
+    ci = m.get("accuracy_ci")
+    acc = fmt(m.get("accuracy"))
+    return f"{acc} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else acc
+
+
+def primary_value(rec: dict, task: Task) -> float:
+    v = rec["metrics"].get(task.primary, rec["metrics"].get("accuracy"))
+    return float(v) if v is not None else float("-inf")
+
+
+def fmt_budget(rec: dict) -> str:
+    b = rec.get("budget") or {}
+    parts = []
+    if b.get("protocol"):
+        parts.append(str(b["protocol"]))
+    if b.get("epochs_run") is not None and b.get("epochs") is not None:
+        parts.append(f"{b['epochs_run']}/{b['epochs']} ep")
+    elif b.get("epochs") is not None:
+        parts.append(f"{b['epochs']} ep")
+    if b.get("time_budget_s"):
+        parts.append(f"≤{fmt_seconds(float(b['time_budget_s']))}")
+    if b.get("stopped_early"):
+        parts.append("stopped early")
+    if rec.get("quick"):
+        parts.append("quick")
+    return ", ".join(parts) or ("quick" if rec.get("quick") else "full")
+
+
+def varying_params(records: list[dict]) -> list[str]:
+    """Parameter names whose value differs between the given records (for compact tables)."""
+    keys: dict[str, set] = defaultdict(set)
+    for r in records:
+        for k, v in r["params"].items():
+            if k in ("device", "n_jobs", "seed"):
+                continue
+            keys[k].add(repr(v))
+    return sorted(k for k, vals in keys.items() if len(vals) > 1)
+
+
+def param_str(rec: dict, names: list[str]) -> str:
+    return ", ".join(f"{k}={rec['params'].get(k)}" for k in names if k in rec["params"])
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "run"
+
+
+def sort_records(records: list[dict], task: Task) -> list[dict]:
+    return sorted(records, key=lambda r: (-primary_value(r, task), r["label"], r["key"]))
+
+
+def best_by(records: list[dict], task: Task, field: str) -> dict[str, dict]:
+    best: dict[str, dict] = {}
+    for r in sort_records(records, task):
+        best.setdefault(r.get(field) or r["method"], r)
+    return best
+
+
+# ---------------------------------------------------------------- figures
+def _figure_setup():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "cvbench", "font.size": 8})
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    from .atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def confusion_png(rec: dict, classes: list[str], path: Path, title: str) -> None:
+    import numpy as np
+
+    plt = _figure_setup()
+    cm = np.asarray(rec["metrics"]["confusion"], dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(classes)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=60, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="row-normalised")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def curves_png(rec: dict, path: Path, title: str) -> bool:
+    curves = (rec.get("info") or {}).get("curves") or {}
+    epochs = curves.get("epoch")
+    if not epochs:
+        return False
+    plt = _figure_setup()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
+    for key, ax in (("loss", a1), ("acc", a2)):
+        for side, style in (("train", "-"), ("val", "--")):
+            ys = curves.get(f"{side}_{key}")
+            if ys and any(y is not None for y in ys):
+                ax.plot(epochs[: len(ys)], ys, style, label=side)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss" if key == "loss" else "accuracy")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------- sweep tables
+def sweep_tables(records: list[dict], task: Task) -> str:
+    """For every suite block that swept parameters: accuracy over the swept values."""
+    blocks: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("sweep"):
+            blocks[(r["label"], tuple(r["sweep"]), r["seed"])].append(r)
+    out = []
+    metric = task.primary
+    for (label, swept, seed), recs in sorted(blocks.items()):
+        if len(recs) < 2:
+            continue
+        seed_note = f", seed {seed}" if seed else ""
+        out.append(f"#### {label}: {metric} over {' × '.join(swept)}{seed_note}\n")
+        if len(swept) == 1:
+            (k,) = swept
+            recs = sorted(recs, key=lambda r: _sort_key(r["params"].get(k)))
+            out.append(md_table([k] + [str(r["params"].get(k)) for r in recs],
+                                [[metric] + [fmt(r["metrics"].get(metric)) for r in recs]]))
+        else:
+            row_key, col_key, *rest = swept
+            groups: dict[tuple, list[dict]] = defaultdict(list)
+            for r in recs:
+                groups[tuple(r["params"].get(k) for k in rest)].append(r)
+            for fixed, grecs in sorted(groups.items(), key=lambda kv: [_sort_key(x) for x in kv[0]]):
+                if rest:
+                    out.append("_" + ", ".join(f"{k}={v}" for k, v in zip(rest, fixed)) + "_\n\n")
+                cols = sorted({r["params"].get(col_key) for r in grecs}, key=_sort_key)
+                rows = sorted({r["params"].get(row_key) for r in grecs}, key=_sort_key)
+                cell = {(r["params"].get(row_key), r["params"].get(col_key)): r for r in grecs}
+                table = [[f"{row_key}={rv}"] + [fmt(cell[(rv, cv)]["metrics"].get(metric)) if (rv, cv) in cell else "–"
+                                                 for cv in cols] for rv in rows]
+                out.append(md_table([f"{row_key} \\ {col_key}"] + [str(c) for c in cols], table))
+        out.append("")
+    return "\n".join(out)
+
+
+def _sort_key(v):
+    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+
+
+# ---------------------------------------------------------------- pages
+def render_task(task: Task, records: list[dict], root: Path) -> str:
+    fig_dir = root / "figures" / task.name
+    full = [r for r in records if not r.get("quick")]
+    quick = [r for r in records if r.get("quick")]
+    lines = [f"# {task.name} — {task.title}\n", f"Source study: {task.source}.\n"]
+    if task.notes:
+        lines.append(task.notes.strip() + "\n")
+    if not records:
+        lines.append(f"**No runs yet.** Make one with `cvbench suite {task.name}` "
+                     f"(data expected at `$CVBENCH_DATA/{task.folder}`: {task.layout}).\n")
+        return "\n".join(lines)
+
+    variants = sorted({r["data"]["variant"] for r in full}) or sorted({r["data"]["variant"] for r in quick})
+    lines.append("Data: " + "; ".join(f"{v}" for v in variants) + ".\n")
+    lines.append(f"Primary metric: **{task.primary}**. Accuracy is shown with its bootstrap 95% "
+                 "confidence interval. Reproduce with `cvbench suite " + task.name + "`.\n")
+
+    if full:
+        lines.append("## Best run of each method\n")
+        best = best_by(full, task, "label")
+        rows = []
+        for label, r in sorted(best.items(), key=lambda kv: -primary_value(kv[1], task)):
+            rows.append(_summary_row(r, task, label))
+        lines.append(md_table(_summary_header(task), rows))
+
+        stage_rows = []
+        for label, r in sorted(best.items()):
+            t = r["timings"]
+            stages = {k: v for k, v in t.items() if k not in ("fit_s", "predict_s", "total_s", "per_image_ms")}
+            if stages:
+                stage_rows.append([label, ", ".join(f"{k.removesuffix('_s')} {fmt_seconds(v)}" for k, v in sorted(stages.items()))])
+        if stage_rows:
+            lines.append("### Runtime per stage (best run of each method)\n")
+            lines.append(md_table(["method", "stages"], stage_rows))
+
+        lines.append("## Confusion matrices (best run of each method)\n")
+        classes = list(full[0]["data"]["test"].get("class_counts", {}).keys())
+        for label, r in sorted(best.items()):
+            name = f"{slug(label)}-confusion.png"
+            confusion_png(r, classes, fig_dir / name,
+                          f"{task.name}: {label} ({task.primary} {fmt(primary_value(r, task))})")
+            lines.append(f"**{label}** — {_one_line(r, task)}\n\n![confusion {label}](figures/{task.name}/{name})\n")
+
+        curve_lines = []
+        for label, r in sorted(best.items()):
+            name = f"{slug(label)}-curves.png"
+            if curves_png(r, fig_dir / name, f"{task.name}: {label} learning curves"):
+                curve_lines.append(f"**{label}** ({fmt_budget(r)})\n\n![curves {label}](figures/{task.name}/{name})\n")
+        if curve_lines:
+            lines.append("## Learning curves (deep runs)\n")
+            lines.extend(curve_lines)
+
+        sweeps = sweep_tables(full, task)
+        if sweeps.strip():
+            lines.append("## Sweeps\n")
+            lines.append("Each table is one suite block; values are test-split results of every point "
+                         "of the sweep (a sweep over the test split is a sweep, not a model selection).\n")
+            lines.append(sweeps)
+
+        extra = task.extras.get("page_sections")
+        if extra:
+            lines.append(extra(full, fig_dir).rstrip() + "\n")
+
+        lines.append("## All runs\n")
+        lines.append(_all_runs_table(full, task))
+    if quick:
+        lines.append("## Quick runs (smoke tests on a small subset; not results)\n")
+        lines.append(_all_runs_table(quick, task))
+    return "\n".join(lines)
+
+
+def _summary_header(task: Task) -> list[str]:
+    head = ["method", "family"]
+    if task.primary != "accuracy":
+        head.append(task.primary)
+    return head + ["accuracy [95% CI]", "balanced acc.", "macro-F1", "test n", "fit", "predict/img",
+                   "device", "budget"]
+
+
+def _summary_row(r: dict, task: Task, label: str) -> list[str]:
+    m = r["metrics"]
+    row = [label, r.get("family", "")]
+    if task.primary != "accuracy":
+        row.append(fmt(m.get(task.primary)))
+    return row + [fmt_ci(m), fmt(m.get("balanced_accuracy")), fmt(m.get("macro_f1")),
+                  str(r["data"]["test"]["n"]), fmt_seconds(r["timings"]["fit_s"]),
+                  f"{r['timings']['per_image_ms']:.2f} ms", r["device"].get("name", ""),
+                  fmt_budget(r)]
+
+
+def _one_line(r: dict, task: Task) -> str:
+    names = [k for k in r["params"] if k not in ("device", "n_jobs")]
+    return f"`{r['method']}` " + param_str(r, names) + f"; seed {r['seed']}; {fmt_budget(r)}"
+
+
+def _all_runs_table(records: list[dict], task: Task) -> str:
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_label[r["label"]].append(r)
+    vary = {label: varying_params(recs) for label, recs in by_label.items()}
+    rows = []
+    for i, r in enumerate(sort_records(records, task), 1):
+        m = r["metrics"]
+        row = [str(i), r["label"], param_str(r, vary[r["label"]]) or "–", str(r["seed"])]
+        if task.primary != "accuracy":
+            row.append(fmt(m.get(task.primary)))
+        row += [fmt_ci(m), fmt(m.get("macro_f1")), fmt_seconds(r["timings"]["total_s"]),
+                r["device"].get("type", ""), fmt_budget(r), f"`{r['key'][:8]}`"]
+        rows.append(row)
+    head = ["#", "method", "parameters", "seed"] + ([task.primary] if task.primary != "accuracy" else [])
+    head += ["accuracy [95% CI]", "macro-F1", "time", "device", "budget", "run key"]
+    return md_table(head, rows)
+
+
+def render_index(tasks: list[Task], records_by_task: dict[str, list[dict]]) -> str:
+    lines = [
+        "# cvbench leaderboard\n",
+        "Every number below comes from a stored run record (`leaderboard/results/<task>.jsonl`), "
+        "rendered by `cvbench leaderboard`. Data variants are named: most tasks here run on the "
+        "subsets in `../shared/data`, not the full datasets, and CPU runs use small recorded "
+        "budgets, not the source studies' GPU protocols. Accuracy comes with a bootstrap 95% "
+        "confidence interval.\n",
+        "## Overview: best run per method family\n",
+    ]
+    rows = []
+    for task in tasks:
+        recs = [r for r in records_by_task.get(task.name, []) if not r.get("quick")]
+        link = f"[{task.name}]({task.name}.md)"
+        if not recs:
+            rows.append([link, "–", "no runs yet", "–", "–", "–", "–", f"`cvbench suite {task.name}`"])
+            continue
+        best = best_by(recs, task, "family")
+        for fam in sorted(best, key=lambda f: FAMILIES.index(f) if f in FAMILIES else 9):
+            r = best[fam]
+            score = fmt_ci(r["metrics"])
+            if task.primary != "accuracy":
+                score = f"{task.primary} {fmt(r['metrics'].get(task.primary))}; acc. {score}"
+            rows.append([link, f"{fam}: {r['label']}", score, str(r["data"]["test"]["n"]),
+                         fmt_seconds(r["timings"]["total_s"]), r["device"].get("name", ""),
+                         fmt_budget(r), r["data"]["variant"]])
+    lines.append(md_table(["task", "best (family: method)", "score [95% CI]", "test n", "runtime",
+                           "device", "budget", "data variant"], rows))
+    lines.append("\nRuntime = fit + predict of that run. Each task page lists every run, sweep "
+                 "tables, confusion matrices and learning curves.\n")
+    return "\n".join(lines)
+
+
+def render_all(root: Path | None = None, tasks: list[Task] | None = None) -> Path:
+    """Re-render index.md and every task page from the records alone; returns index path."""
+    root = root or leaderboard_dir()
+    tasks = tasks or list_tasks()
+    records = {t.name: load_records(t.name, root) for t in tasks}
+    for t in tasks:
+        atomic_write_text(root / f"{t.name}.md", render_task(t, records[t.name], root))
+    index = root / "index.md"
+    atomic_write_text(index, render_index(tasks, records))
+    return index

@@ -1,0 +1,226 @@
+"""Harness: results store, suite expansion, runner, leaderboard rendering, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from cvbench import cli
+from cvbench.errors import UserError
+from cvbench.leaderboard import render_all
+from cvbench.methods import Method, create_method, register_method
+from cvbench.results import append_record, load_records, results_path, run_key
+from cvbench.run import RunOptions, RunSpec, run_one
+from cvbench.split import Split, carve_validation, per_class_limit
+from cvbench.suite import expand_sweep, load_suite, run_suite
+from cvbench.tasks import get_task
+
+
+@register_method("test-nearest-mean", family="classical")
+class NearestMean(Method):
+    """Nearest class mean on raw pixels (test helper)."""
+
+    def __init__(self, shrink: float = 0.0, seed: int = 0):
+        self.shrink = shrink
+        self.seed = seed
+
+    def fit(self, split):
+        x = split.items.reshape(len(split), -1).astype(np.float64)
+        self.means_ = np.stack([x[split.labels == c].mean(0) for c in range(split.n_classes)])
+        self.info_ = {"timings": {"means_s": 0.001}, "budget": {"protocol": "closed form"}}
+        return self
+
+    def predict_scores(self, split):
+        x = split.items.reshape(len(split), -1).astype(np.float64)
+        d = ((x[:, None, :] - self.means_[None]) ** 2).sum(-1)
+        return -d
+
+
+def _toy_split(n=40, name="toy/train", seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    items = (rng.integers(0, 60, (n, 4, 4, 3)) + labels[:, None, None, None] * 150).astype(np.uint8)
+    return Split(items, labels, ("a", "b"), name)
+
+
+def test_split_fingerprint_changes_with_labels_and_subset():
+    s = _toy_split()
+    flipped = Split(s.items, 1 - s.labels, s.classes, s.name)
+    assert s.fingerprint != flipped.fingerprint
+    assert s.subset(range(10)).fingerprint != s.fingerprint
+    assert Split(s.items.copy(), s.labels.copy(), s.classes, "other").fingerprint == s.fingerprint
+
+
+def test_split_rejects_bad_labels_and_lengths():
+    with pytest.raises(ValueError, match="labels outside"):
+        Split(np.zeros((2, 2, 2), np.uint8), [0, 3], ("a", "b"), "x")
+    with pytest.raises(ValueError, match="2 items but 3 labels"):
+        Split(np.zeros((2, 2, 2), np.uint8), [0, 1, 1], ("a", "b"), "x")
+
+
+def test_carve_validation_is_stratified_and_grouped():
+    s = _toy_split(100)
+    tr, va = carve_validation(s, 0.2, seed=1)
+    assert len(tr) + len(va) == 100 and len(va) == 20
+    assert np.bincount(va.labels).tolist() == [10, 10]
+    groups = {"patient": np.repeat(np.arange(50), 2)}
+    g = Split(s.items, np.repeat([0, 1], 50), s.classes, "g/train", groups=groups)
+    tr, va = carve_validation(g, 0.2, seed=0, group_key="patient")
+    assert not set(tr.groups["patient"]) & set(va.groups["patient"])
+    assert per_class_limit(s, 5).class_counts().tolist() == [5, 5]
+
+
+def test_expand_sweep_cartesian():
+    points = expand_sweep({"k": [1, 2, 3], "metric": ["l1", "l2"], "size": 16})
+    assert len(points) == 6
+    assert all(p["size"] == 16 for p, _ in points)
+    assert points[0][1] == ("k", "metric")
+    assert {(p["k"], p["metric"]) for p, _ in points} == {(k, m) for k in (1, 2, 3) for m in ("l1", "l2")}
+
+
+def test_suite_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('task = "demo"\n[[run]]\nmethod = "x"\nparams = { k = [1, 2 }\n')
+    with pytest.raises(UserError, match=r"bad.toml.*line 4"):
+        load_suite(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('task = "demo"\n[[run]]\nmethod = "x"\nparamz = {}\n')
+    with pytest.raises(UserError, match="unknown key 'paramz'"):
+        load_suite(unknown)
+
+
+def test_create_method_rejects_unknown_names_and_params():
+    with pytest.raises(UserError, match="valid methods:.*test-nearest-mean"):
+        create_method("no-such-method")
+    with pytest.raises(UserError, match="valid parameters: seed, shrink"):
+        create_method("test-nearest-mean", k=3)
+
+
+def test_results_store_atomic_replace_and_corrupt_lines(tmp_path, capsys):
+    rec = {"key": "abc", "task": "demo", "metrics": {"accuracy": 0.5}}
+    append_record(rec, tmp_path)
+    append_record({**rec, "key": "def"}, tmp_path)
+    append_record({**rec, "metrics": {"accuracy": 0.9}}, tmp_path)  # same key replaces
+    path = results_path("demo", tmp_path)
+    assert len(path.read_text().splitlines()) == 2
+    with open(path, "a") as f:
+        f.write('{"key": "half-writ\n')
+    warnings = []
+    recs = load_records("demo", tmp_path, warn=warnings.append)
+    assert [r["key"] for r in recs] == ["def", "abc"]
+    assert recs[1]["metrics"]["accuracy"] == 0.9 and recs[1]["schema"] == 1
+    assert len(warnings) == 1 and "demo.jsonl:3" in warnings[0]
+    assert not list(tmp_path.glob("results/.*.tmp"))
+
+
+def test_run_key_stable_and_sensitive():
+    a = run_key("t", ["f1", "f2"], "m", {"k": 1, "metric": "l1"}, 0)
+    assert a == run_key("t", ["f1", "f2"], "m", {"metric": "l1", "k": 1}, 0)
+    assert a != run_key("t", ["f1", "f2"], "m", {"k": 2, "metric": "l1"}, 0)
+    assert a != run_key("t", ["f1", "f2"], "m", {"k": 1, "metric": "l1"}, 1)
+    assert a != run_key("t", ["f1", "f3"], "m", {"k": 1, "metric": "l1"}, 0)
+
+
+def test_run_one_on_demo_records_everything():
+    rec = run_one("demo", RunSpec("test-nearest-mean", {"shrink": 0.0}, seed=3))
+    assert rec["metrics"]["accuracy"] > 0.8  # nearest mean on digits is well above 0.1 chance
+    assert rec["seed"] == 3 and rec["params"]["seed"] == 3
+    assert rec["data"]["test"]["n"] == 599 and len(rec["predictions"]["y_pred"]) == 599
+    assert rec["timings"]["means_s"] == 0.001 and rec["budget"]["protocol"] == "closed form"
+    assert {"python", "numpy"} <= set(rec["versions"]) and rec["git"]
+    lo, hi = rec["metrics"]["accuracy_ci"]
+    assert lo <= rec["metrics"]["accuracy"] <= hi
+    # same key again: skipped (resume) unless forced
+    assert run_one("demo", RunSpec("test-nearest-mean", {"shrink": 0.0}, seed=3)) is None
+    assert run_one("demo", RunSpec("test-nearest-mean", {"shrink": 0.0}, seed=3),
+                   RunOptions(force=True)) is not None
+    assert len(load_records("demo")) == 1
+
+
+def _demo_suite(tmp_path, body):
+    path = tmp_path / "demo.toml"
+    path.write_text('task = "demo"\n' + textwrap.dedent(body))
+    return path
+
+
+def test_suite_resumes_and_renders_deterministically(tmp_path):
+    path = _demo_suite(tmp_path, """
+        [[run]]
+        method = "test-nearest-mean"
+        label = "nearest mean"
+        params = { shrink = [0.0, 0.5] }
+        seeds = [0, 1]
+        [[run]]
+        method = "test-nearest-mean"
+        label = "gpu protocol"
+        gpu_only = true
+    """)
+    opts = RunOptions(device="cpu", progress=False)
+    logs = []
+    report = run_suite("demo", opts, path=path, log=logs.append)
+    assert (report.done, report.resumed, report.skipped_gpu) == (4, 0, 1)
+    assert any("skipping 1 GPU-protocol run" in m for m in logs)
+    again = run_suite("demo", opts, path=path, log=logs.append)
+    assert (again.done, again.resumed) == (0, 4)
+    index = render_all(tasks=[get_task("demo"), get_task("scene15")] if _has("scene15") else [get_task("demo")])
+    page = (index.parent / "demo.md").read_text()
+    first = index.read_text(), page, (index.parent / "figures/demo/nearest-mean-confusion.png").read_bytes()
+    render_all(tasks=[get_task("demo")])
+    assert "nearest mean: accuracy over shrink" in page
+    assert "![confusion nearest mean]" in page
+    assert (index.parent / "demo.md").read_text() == first[1]
+    assert (index.parent / "figures/demo/nearest-mean-confusion.png").read_bytes() == first[2]
+
+
+def _has(task):
+    try:
+        get_task(task)
+        return True
+    except UserError:
+        return False
+
+
+def test_index_says_no_runs_yet(tmp_path):
+    index = render_all(tasks=[get_task("demo")])
+    text = index.read_text()
+    assert "no runs yet" in text and "`cvbench suite demo`" in text
+
+
+def test_cli_user_errors_exit_2(capsys, tmp_path):
+    assert cli.main(["run", "no-such-task", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'no-such-task'; valid tasks:" in err and "demo" in err
+    assert "Traceback" not in err
+    assert cli.main(["run", "demo", "no-such-method"]) == 2
+    assert "valid methods" in capsys.readouterr().err
+    assert cli.main(["run", "demo", "test-nearest-mean", "--set", "bogus=1"]) == 2
+    assert "no parameter 'bogus'" in capsys.readouterr().err
+    assert cli.main(["suite", "demo", "--suite", str(tmp_path / "missing.toml")]) == 2
+    assert "no suite file" in capsys.readouterr().err
+
+
+def test_cli_missing_data_root_is_one_sentence(capsys, tmp_path):
+    if not _has("scene15"):
+        pytest.skip("scene15 task not registered")
+    code = cli.main(["run", "scene15", "test-nearest-mean", "--data-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no data for task 'scene15'" in err and "cvbench data" in err
+
+
+def test_cli_run_set_values_and_records(capsys):
+    assert cli.main(["run", "demo", "test-nearest-mean", "--set", "shrink=[0.0, 0.25]", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert len([ln for ln in out.splitlines() if ln.startswith("demo test-nearest-mean")]) == 2
+    recs = load_records("demo")
+    assert sorted(r["params"]["shrink"] for r in recs) == [0.0, 0.25]
+    assert all(r["sweep"] == ["shrink"] for r in recs)
+    assert cli.parse_value("3") == 3 and cli.parse_value("l1") == "l1" and cli.parse_value("true") is True
+
+
+def test_records_are_json_lines(tmp_path):
+    run_one("demo", RunSpec("test-nearest-mean"))
+    lines = results_path("demo").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["task"] == "demo"
