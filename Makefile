@@ -37,8 +37,10 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check cvbench baselines deep tests
-	$(PY) -m pytest -q -p no:cacheprovider
-	$(PY) -m pytest -q -p no:cacheprovider tests/benchmarks --benchmark-enable --benchmark-disable-gc --benchmark-min-rounds=1 --benchmark-max-time=0.01 --benchmark-warmup=off -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/benchmarks
+	@echo "benchmarks, once each in fast mode (full runs: make bench):"
+	$(PY) -m pytest -q -p no:cacheprovider tests/benchmarks -m "not slow" --benchmark-enable \
+	  --benchmark-min-rounds=1 --benchmark-max-time=0 --benchmark-warmup=off --benchmark-columns=min,mean,rounds
 
 bench: venv
 	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from . import env
 from .methods import create_method, full_params, key_params
 from .results import append_record, completed_keys, run_key
-from .split import Split, per_class_limit
+from .split import Split, drop_unreadable, per_class_limit
 from .tasks import Task, get_task
 
 
@@ -47,6 +47,8 @@ class RunSpec:
 def load_task_splits(task: Task, options: RunOptions, seed: int = 0) -> tuple[Split, Split]:
     """The task's (train, test); with quick, a seeded per-class subset of each."""
     train, test = task.load_splits(options.data_dir, seed=0, skip_bad=options.skip_bad)
+    if options.skip_bad:
+        train, test = drop_unreadable(train), drop_unreadable(test)
     if options.quick:
         ntr, nte = task.quick_limit
         train = per_class_limit(train, ntr, seed=seed, name=train.name)

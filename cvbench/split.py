@@ -203,3 +203,24 @@ def decode_all(
             img = cv2.resize(img, tuple(size), interpolation=cv2.INTER_AREA)
         out.append(img)
     return np.stack(out) if out else np.zeros((0,), np.uint8), bad
+
+
+def drop_unreadable(split: Split, n_jobs: int = 4) -> Split:
+    """The split without items that fail to decode (for --skip-bad); the count and paths go
+    into meta["bad_images"] / meta["bad_paths"] so the record says what was skipped."""
+    if split.in_memory or len(split) == 0:
+        return split
+    from joblib import Parallel, delayed
+
+    def ok(path) -> bool:
+        try:
+            load_image(path, mode="gray", max_side=64)
+            return True
+        except BadImageError:
+            return False
+
+    good = np.array(Parallel(n_jobs=n_jobs, prefer="threads")(delayed(ok)(p) for p in split.items))
+    if good.all():
+        return split
+    bad = [str(p) for p in split.items[~good]]
+    return split.subset(np.flatnonzero(good), bad_images=len(bad), bad_paths=bad[:100])

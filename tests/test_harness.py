@@ -224,3 +224,23 @@ def test_records_are_json_lines(tmp_path):
     run_one("demo", RunSpec("test-nearest-mean"))
     lines = results_path("demo").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["task"] == "demo"
+
+
+def test_skip_bad_drops_and_counts_unreadable(tmp_path):
+    from PIL import Image
+
+    from cvbench.errors import BadImageError
+    from cvbench.split import drop_unreadable
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(p)
+        paths.append(p)
+    (tmp_path / "1.png").write_bytes(b"not an image at all")
+    s = Split(paths, [0, 1, 0, 1], ("a", "b"), "x/train")
+    with pytest.raises(BadImageError, match="1.png"):
+        s.image(1)
+    kept = drop_unreadable(s)
+    assert len(kept) == 3 and kept.meta["bad_images"] == 1
+    assert kept.meta["bad_paths"][0].endswith("1.png")
