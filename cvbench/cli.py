@@ -69,7 +69,7 @@ def cmd_data(args) -> int:
     if args.action == "check":
         from .data.check import check_splits, format_report
 
-        train, test = task.load_splits(args.data_dir, skip_bad=True)
+        train, test = task.load_splits(args.data_dir, skip_bad=False)
         report = check_splits([train, test], progress=not args.no_progress)
         print(format_report(report))
         return 0
