@@ -241,6 +241,8 @@ def render_task(task: Task, records: list[dict], root: Path) -> str:
         for label, r in sorted(best.items(), key=lambda kv: -primary_value(kv[1], task)):
             rows.append(_summary_row(r, task, label))
         lines.append(md_table(_summary_header(task), rows))
+        if any(r.get("sweep") for r in best.values()):
+            lines.append(SWEEP_NOTE)
 
         stage_rows = []
         for label, r in sorted(best.items()):
@@ -296,9 +298,18 @@ def _summary_header(task: Task) -> list[str]:
                    "device", "budget"]
 
 
+SWEEP_MARK = "†"
+SWEEP_NOTE = (f"{SWEEP_MARK} best point of a sweep scored on the test split: a test-selected, "
+              "optimistic number; the sweep table shows every point.\n")
+
+
+def _label(r: dict) -> str:
+    return r["label"] + (f" {SWEEP_MARK}" if r.get("sweep") else "")
+
+
 def _summary_row(r: dict, task: Task, label: str) -> list[str]:
     m = r["metrics"]
-    row = [label, r.get("family", "")]
+    row = [_label(r), r.get("family", "")]
     if task.primary != "accuracy":
         row.append(fmt(m.get(task.primary)))
     return row + [fmt_ci(m), fmt(m.get("balanced_accuracy")), fmt(m.get("macro_f1")),
@@ -308,8 +319,17 @@ def _summary_row(r: dict, task: Task, label: str) -> list[str]:
 
 
 def _one_line(r: dict, task: Task) -> str:
-    names = [k for k in r["params"] if k not in ("device", "n_jobs")]
-    return f"`{r['method']}` " + param_str(r, names) + f"; seed {r['seed']}; {fmt_budget(r)}"
+    """Method name and the parameters that differ from its defaults."""
+    try:
+        from .methods import get_method_spec
+
+        defaults = get_method_spec(r["method"]).params()
+    except Exception:  # a method no longer registered: show everything
+        defaults = {}
+    names = [k for k, v in r["params"].items()
+             if k not in ("device", "n_jobs", "seed") and (k not in defaults or defaults[k] != v)]
+    return (f"`{r['method']}` " + (param_str(r, names) or "defaults")
+            + f"; seed {r['seed']}; {fmt_budget(r)}")
 
 
 def _all_runs_table(records: list[dict], task: Task) -> str:
@@ -354,13 +374,14 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[dict]]) -> s
             score = fmt_ci(r["metrics"])
             if task.primary != "accuracy":
                 score = f"{task.primary} {fmt(r['metrics'].get(task.primary))}; acc. {score}"
-            rows.append([link, f"{fam}: {r['label']}", score, str(r["data"]["test"]["n"]),
+            rows.append([link, f"{fam}: {_label(r)}", score, str(r["data"]["test"]["n"]),
                          fmt_seconds(r["timings"]["total_s"]), r["device"].get("name", ""),
                          fmt_budget(r), r["data"]["variant"]])
     lines.append(md_table(["task", "best (family: method)", "score [95% CI]", "test n", "runtime",
                            "device", "budget", "data variant"], rows))
-    lines.append("\nRuntime = fit + predict of that run. Each task page lists every run, sweep "
-                 "tables, confusion matrices and learning curves.\n")
+    lines.append("\nRuntime = fit + predict of that run. " + SWEEP_NOTE)
+    lines.append("Each task page lists every run, sweep tables, confusion matrices and learning "
+                 "curves.\n")
     return "\n".join(lines)
 
 

@@ -244,3 +244,16 @@ def test_skip_bad_drops_and_counts_unreadable(tmp_path):
     kept = drop_unreadable(s)
     assert len(kept) == 3 and kept.meta["bad_images"] == 1
     assert kept.meta["bad_paths"][0].endswith("1.png")
+
+
+def test_demo_suite_quick_end_to_end(capsys):
+    """The committed demo suite runs every block (classical + deep) and renders the pages."""
+    assert cli.main(["suite", "demo", "--quick", "--no-progress", "--device", "cpu"]) == 0
+    recs = load_records("demo")
+    families = {r["family"] for r in recs}
+    assert {"classical", "deep", "baseline"} <= families
+    assert all(r["quick"] and r["data"]["test"]["n"] == 150 for r in recs)
+    best = max(r["metrics"]["accuracy"] for r in recs)
+    assert best > 0.5  # ten balanced classes: chance is 0.1
+    page = (load_records.__globals__["leaderboard_dir"]() / "demo.md").read_text()
+    assert "Quick runs (smoke tests" in page
