@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator
 
 from .errors import UserError
 
-RUNTIME_PARAMS = ("device", "n_jobs", "resume")  # how, not what: outside the run key
+RUNTIME_PARAMS = ("device", "n_jobs", "resume", "joblib_backend")  # how, not what: outside the run key
 
 
 class Method(BaseEstimator):
