@@ -60,6 +60,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> float | None:
+    """1-minute load average: timings taken while other work shares the cores are slower."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def resolve_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' when a GPU is visible (then 'mps'), else 'cpu'; others pass through."""
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):

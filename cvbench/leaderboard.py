@@ -247,7 +247,7 @@ def render_task(task: Task, records: list[dict], root: Path) -> str:
         stage_rows = []
         for label, r in sorted(best.items()):
             t = r["timings"]
-            stages = {k: v for k, v in t.items() if k not in ("fit_s", "predict_s", "total_s", "per_image_ms")}
+            stages = {k: v for k, v in t.items() if k.endswith("_s") and k not in ("fit_s", "predict_s", "total_s")}
             if stages:
                 stage_rows.append([label, ", ".join(f"{k.removesuffix('_s')} {fmt_seconds(v)}" for k, v in sorted(stages.items()))])
         if stage_rows:
@@ -284,10 +284,26 @@ def render_task(task: Task, records: list[dict], root: Path) -> str:
 
         lines.append("## All runs\n")
         lines.append(_all_runs_table(full, task))
+        lines.append(_load_note(full))
     if quick:
         lines.append("## Quick runs (smoke tests on a small subset; not results)\n")
         lines.append(_all_runs_table(quick, task))
     return "\n".join(lines)
+
+
+def _load_note(records: list[dict]) -> str:
+    """Say so when timings were taken on a machine busier than its core count."""
+    busy = []
+    for r in records:
+        loads = [x for x in (r["timings"].get("load_avg") or []) if x is not None]
+        cores = r["device"].get("cpu_count") or 1
+        if loads and max(loads) > cores:
+            busy.append(max(loads) / cores)
+    if not busy:
+        return ""
+    return (f"Timing caveat: {len(busy)} of {len(records)} runs were timed while the machine's "
+            f"1-minute load average exceeded its core count (up to {max(busy):.1f}x), so their "
+            "runtimes are inflated; compare speed with the benchmarks (`make bench`) instead.\n")
 
 
 def _summary_header(task: Task) -> list[str]:

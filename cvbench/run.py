@@ -95,6 +95,7 @@ def run_one(task: Task | str, spec: RunSpec, options: RunOptions | None = None,
 
     device = env.resolve_device(options.device)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    load_before = env.load_average()
     with threadpool_limits(limits=options.blas_threads):
         t0 = time.perf_counter()
         method.fit(train)
@@ -136,6 +137,7 @@ def run_one(task: Task | str, spec: RunSpec, options: RunOptions | None = None,
             "predict_s": round(t2 - t1, 4),
             "total_s": round(t2 - t0, 4),
             "per_image_ms": round(1000 * (t2 - t1) / max(1, len(test)), 4),
+            "load_avg": [load_before, env.load_average()],
             **{k: v for k, v in (info.pop("timings", {}) or {}).items()},
         },
         "info": info,

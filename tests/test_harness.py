@@ -257,3 +257,24 @@ def test_demo_suite_quick_end_to_end(capsys):
     assert best > 0.5  # ten balanced classes: chance is 0.1
     page = (load_records.__globals__["leaderboard_dir"]() / "demo.md").read_text()
     assert "Quick runs (smoke tests" in page
+
+
+def test_cli_list_and_data_where(capsys, tmp_path):
+    assert cli.main(["list", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "data found" in out  # demo needs no folder
+    assert "tiny-knn" in out and "test-nearest-mean" in out
+    if _has("scene15"):
+        assert f"no data (expected {tmp_path / 'scene15'})" in out
+        assert cli.main(["data", "where", "scene15", "--data-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "missing" in out and "expected layout" in out
+
+
+def test_plugin_module_error_is_user_error(monkeypatch):
+    import cvbench.methods as methods
+
+    monkeypatch.setattr(methods, "_PLUGINS_LOADED", False)
+    monkeypatch.setenv("CVBENCH_PLUGINS", "no_such_plugin_module_xyz")
+    with pytest.raises(UserError, match="no_such_plugin_module_xyz"):
+        methods.load_plugins()
