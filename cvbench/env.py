@@ -60,6 +60,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a torchrun job: only rank 0 writes records and pages."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def load_average() -> float | None:
     """1-minute load average: timings taken while other work shares the cores are slower."""
     try:

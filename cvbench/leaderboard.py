@@ -403,8 +403,12 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[dict]]) -> s
 
 def render_all(root: Path | None = None, tasks: list[Task] | None = None) -> Path:
     """Re-render index.md and every task page from the records alone; returns index path."""
+    from .env import is_main_process
+
     root = root or leaderboard_dir()
     tasks = tasks or list_tasks()
+    if not is_main_process():
+        return root / "index.md"
     records = {t.name: load_records(t.name, root) for t in tasks}
     for t in tasks:
         atomic_write_text(root / f"{t.name}.md", render_task(t, records[t.name], root))

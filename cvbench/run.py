@@ -147,7 +147,7 @@ def run_one(task: Task | str, spec: RunSpec, options: RunOptions | None = None,
         "git": env.git_revision(),
         "started": started,
     }
-    if options.save:
+    if options.save and env.is_main_process():
         append_record(record)
     return record
 

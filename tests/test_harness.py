@@ -278,3 +278,15 @@ def test_plugin_module_error_is_user_error(monkeypatch):
     monkeypatch.setenv("CVBENCH_PLUGINS", "no_such_plugin_module_xyz")
     with pytest.raises(UserError, match="no_such_plugin_module_xyz"):
         methods.load_plugins()
+
+
+def test_only_rank_zero_writes(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    rec = run_one("demo", RunSpec("test-nearest-mean"))
+    assert rec is not None and load_records("demo") == []
+    monkeypatch.setenv("RANK", "0")
+    run_one("demo", RunSpec("test-nearest-mean"))
+    assert len(load_records("demo")) == 1
+    from cvbench.atomic import _UMASK
+
+    assert (results_path("demo").stat().st_mode & 0o777) == 0o666 & ~_UMASK  # not mkstemp's 0600
