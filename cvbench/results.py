@@ -13,6 +13,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,25 @@ def append_record(record: dict[str, Any], root: Path | None = None) -> Path:
     record = {"schema": SCHEMA, **record}
     path = results_path(record["task"], root)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        _replace_line(path, record)
+    return path
+
+
+@contextmanager
+def _locked(path: Path):
+    """Exclusive lock beside the results file, so parallel suites never lose a record."""
+    import fcntl
+
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _replace_line(path: Path, record: dict[str, Any]) -> None:
     lines: list[str] = []
     if path.exists():
         with open(path, encoding="utf-8") as f:
@@ -94,7 +114,6 @@ def append_record(record: dict[str, Any], root: Path | None = None) -> Path:
     lines.append(json.dumps(record, sort_keys=True, separators=(",", ":"), default=_json_default) + "\n")
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.writelines(lines)
-    return path
 
 
 def _json_default(o: Any):

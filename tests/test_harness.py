@@ -290,3 +290,16 @@ def test_only_rank_zero_writes(monkeypatch):
     from cvbench.atomic import _UMASK
 
     assert (results_path("demo").stat().st_mode & 0o777) == 0o666 & ~_UMASK  # not mkstemp's 0600
+
+
+def test_parallel_appends_lose_no_record(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(_append_one, [(tmp_path, i) for i in range(24)]))
+    assert sorted(int(r["key"]) for r in load_records("demo", tmp_path)) == list(range(24))
+
+
+def _append_one(args):
+    root, i = args
+    append_record({"key": str(i), "task": "demo", "metrics": {"accuracy": i / 24}}, root)
