@@ -95,7 +95,10 @@ def cmd_suite(args) -> int:
     from .suite import run_suite
 
     report = run_suite(args.task, _options(args), only=args.only,
-                       path=Path(args.suite) if args.suite else None)
+                       path=Path(args.suite) if args.suite else None, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"{args.task}: {report.resumed} run(s) already recorded; nothing was run (--dry-run)")
+        return 0
     index = render_all()
     print(f"{args.task}: {report.done} run(s) done, {report.resumed} already recorded (resumed), "
           f"{report.skipped_gpu} GPU-only skipped, {len(report.failed)} failed in "
@@ -161,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="small subset and the suite's quick overrides")
     s.add_argument("--force", action="store_true", help="re-run runs that already have a record")
     s.add_argument("--suite", help="suite TOML to use instead of suites/<task>.toml")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the runs and whether each is already recorded; run nothing")
     s.set_defaults(fn=cmd_suite)
 
     r = sub.add_parser("run", parents=[common], help="run one method on one task")

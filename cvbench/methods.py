@@ -147,8 +147,14 @@ def full_params(method: Method) -> dict[str, Any]:
 
 
 def key_params(method: Method) -> dict[str, Any]:
-    """Parameters that define the result (runtime-only ones and the seed removed)."""
-    return {k: v for k, v in full_params(method).items() if k not in RUNTIME_PARAMS and k != "seed"}
+    """Parameters that define the result (runtime-only ones and the seed removed).
+
+    A method may define `run_key_params(params) -> params` to drop more of them when they
+    cannot change its result (e.g. a deep method's budget clock when it has no time budget).
+    """
+    params = {k: v for k, v in full_params(method).items() if k not in RUNTIME_PARAMS and k != "seed"}
+    hook = getattr(method, "run_key_params", None)
+    return hook(params) if callable(hook) else params
 
 
 def _plain(v: Any) -> Any:

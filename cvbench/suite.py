@@ -123,7 +123,7 @@ class SuiteReport:
 
 
 def run_suite(task_name: str, options, only: str | None = None, path: Path | None = None,
-              log=print) -> SuiteReport:
+              log=print, dry_run: bool = False) -> SuiteReport:
     """Run every run of a task's suite that has no record yet (resume), then re-render pages."""
     import time
     import traceback
@@ -165,6 +165,14 @@ def run_suite(task_name: str, options, only: str | None = None, path: Path | Non
 
     done_keys = set() if options.force else completed_keys(task.name)
     bar = tqdm(specs, desc=f"suite {task.name}", unit="run", disable=not options.progress)
+    if dry_run:
+        bar.close()
+        for spec in specs:
+            method = build_method(spec, options)
+            recorded = record_key(task, *splits, spec, method, options.quick) in done_keys
+            report.resumed += recorded
+            log(f"  {'recorded' if recorded else 'to run  '}  {_short(spec)}")
+        return report
     for spec in bar:
         bar.set_postfix_str(_short(spec), refresh=False)
         if not options.force:

@@ -165,6 +165,9 @@ def test_suite_resumes_and_renders_deterministically(tmp_path):
     assert any("skipping 1 GPU-protocol run" in m for m in logs)
     again = run_suite("demo", opts, path=path, log=logs.append)
     assert (again.done, again.resumed) == (0, 4)
+    listed = []
+    dry = run_suite("demo", opts, path=path, log=listed.append, dry_run=True)
+    assert dry.resumed == 4 and sum(m.strip().startswith("recorded") for m in listed) == 4
     index = render_all(tasks=[get_task("demo"), get_task("scene15")] if _has("scene15") else [get_task("demo")])
     page = (index.parent / "demo.md").read_text()
     first = index.read_text(), page, (index.parent / "figures/demo/nearest-mean-confusion.png").read_bytes()
