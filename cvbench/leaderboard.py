@@ -61,7 +61,8 @@ def fmt_budget(rec: dict) -> str:
     elif b.get("epochs") is not None:
         parts.append(f"{b['epochs']} ep")
     if b.get("time_budget_s"):
-        parts.append(f"≤{fmt_seconds(float(b['time_budget_s']))}")
+        cpu = " CPU" if b.get("budget_clock") == "process" else ""
+        parts.append(f"≤{fmt_seconds(float(b['time_budget_s']))}{cpu}")
     if b.get("stopped_early"):
         parts.append("stopped early")
     if rec.get("quick"):
