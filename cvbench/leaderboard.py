@@ -40,6 +40,17 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def fit_seconds(rec: dict) -> float:
+    """Training time of a run: a deep run resumed from its checkpoint reports the time spent
+    training across sessions (train_s), not the seconds of the call that restored it."""
+    t = rec["timings"]
+    return max(float(t.get("fit_s") or 0.0), float(t.get("train_s") or 0.0))
+
+
+def run_seconds(rec: dict) -> float:
+    return fit_seconds(rec) + float(rec["timings"].get("predict_s") or 0.0)
+
+
 def fmt_ci(m: dict) -> str:
     ci = m.get("accuracy_ci")
     acc = fmt(m.get("accuracy"))
@@ -57,8 +68,9 @@ def fmt_budget(rec: dict) -> str:
     if b.get("protocol"):
         parts.append(str(b["protocol"]))
     if b.get("epochs_run") is not None and b.get("epochs") is not None:
-        parts.append(f"{b['epochs_run']}/{b['epochs']} ep")
-    elif b.get("epochs") is not None:
+        if b["epochs_run"] != b["epochs"] or "epoch" not in str(b.get("protocol", "")):
+            parts.append(f"{b['epochs_run']}/{b['epochs']} ep")
+    elif b.get("epochs") is not None and "epoch" not in str(b.get("protocol", "")):
         parts.append(f"{b['epochs']} ep")
     if b.get("time_budget_s"):
         cpu = " CPU" if b.get("budget_clock") == "process" else ""
@@ -330,7 +342,7 @@ def _summary_row(r: dict, task: Task, label: str) -> list[str]:
     if task.primary != "accuracy":
         row.append(fmt(m.get(task.primary)))
     return row + [fmt_ci(m), fmt(m.get("balanced_accuracy")), fmt(m.get("macro_f1")),
-                  str(r["data"]["test"]["n"]), fmt_seconds(r["timings"]["fit_s"]),
+                  str(r["data"]["test"]["n"]), fmt_seconds(fit_seconds(r)),
                   f"{r['timings']['per_image_ms']:.2f} ms", r["device"].get("name", ""),
                   fmt_budget(r)]
 
@@ -360,7 +372,7 @@ def _all_runs_table(records: list[dict], task: Task) -> str:
         row = [str(i), r["label"], param_str(r, vary[r["label"]]) or "–", str(r["seed"])]
         if task.primary != "accuracy":
             row.append(fmt(m.get(task.primary)))
-        row += [fmt_ci(m), fmt(m.get("macro_f1")), fmt_seconds(r["timings"]["total_s"]),
+        row += [fmt_ci(m), fmt(m.get("macro_f1")), fmt_seconds(run_seconds(r)),
                 r["device"].get("type", ""), fmt_budget(r), f"`{r['key'][:8]}`"]
         rows.append(row)
     head = ["#", "method", "parameters", "seed"] + ([task.primary] if task.primary != "accuracy" else [])
@@ -383,7 +395,7 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[dict]]) -> s
         recs = [r for r in records_by_task.get(task.name, []) if not r.get("quick")]
         link = f"[{task.name}]({task.name}.md)"
         if not recs:
-            rows.append([link, "–", "no runs yet", "–", "–", "–", "–", f"`cvbench suite {task.name}`"])
+            rows.append([link, "–", "no runs yet", "–", "–", "–", f"`cvbench suite {task.name}`"])
             continue
         best = best_by(recs, task, "family")
         for fam in sorted(best, key=lambda f: FAMILIES.index(f) if f in FAMILIES else 9):
@@ -392,11 +404,16 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[dict]]) -> s
             if task.primary != "accuracy":
                 score = f"{task.primary} {fmt(r['metrics'].get(task.primary))}; acc. {score}"
             rows.append([link, f"{fam}: {_label(r)}", score, str(r["data"]["test"]["n"]),
-                         fmt_seconds(r["timings"]["total_s"]), r["device"].get("name", ""),
-                         fmt_budget(r), r["data"]["variant"]])
+                         fmt_seconds(run_seconds(r)), r["device"].get("name", ""),
+                         fmt_budget(r)])
     lines.append(md_table(["task", "best (family: method)", "score [95% CI]", "test n", "runtime",
-                           "device", "budget", "data variant"], rows))
-    lines.append("\nRuntime = fit + predict of that run. " + SWEEP_NOTE)
+                           "device", "budget"], rows))
+    lines.append("\n## Data behind each task\n")
+    for task in tasks:
+        variants = sorted({r["data"]["variant"] for r in records_by_task.get(task.name, [])
+                           if not r.get("quick")})
+        lines.append(f"- **{task.name}**: " + ("; ".join(variants) if variants else "no runs yet"))
+    lines.append("\nRuntime = training + prediction time of that run. " + SWEEP_NOTE)
     lines.append("Each task page lists every run, sweep tables, confusion matrices and learning "
                  "curves.\n")
     return "\n".join(lines)
