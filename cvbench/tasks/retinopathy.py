@@ -1,0 +1,184 @@
+"""Task `retinopathy`: diabetic-retinopathy grading (0-4) on Kaggle EyePACS 2015 / APTOS 2019.
+
+Primary metric is quadratic weighted kappa (the field's and Kaggle's metric); the page adds
+the source study's per-grade table and its averaged one-vs-rest "accuracy" beside plain
+5-way accuracy, referable-DR (grade >= 2) sensitivity/specificity, the trivial all-zeros
+predictor and the literature the study cites.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.retinopathy import FIXTURE_LABEL, GRADES, LAYOUT, generate_fixture, load_retinopathy
+from . import Task, register_task
+
+# Cited by the source study (SEEDS.md); other data, splits and resolutions: not our runs.
+LITERATURE = (
+    ("ResNet", "QWK", 0.51),
+    ("Deeply supervised ResNet", "QWK", 0.73),
+    ("Zoom-in-Net (single model)", "QWK", 0.849),
+    ("Zoom-in-Net (ensemble)", "QWK", 0.854),
+)
+STUDY_CLAIMS = (
+    ("Source study, DenseNet-201 (claimed)", "mean one-vs-rest accuracy", "0.921-0.926"),
+    ("Source study, DenseNet-201 (its training logs)", "5-way accuracy", "0.81"),
+)
+
+
+def _f(x, digits: int = 3) -> str:
+    from ..leaderboard import fmt
+
+    return fmt(None if x is None else float(x), digits)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    from ..leaderboard import md_table
+
+    return md_table(header, rows)
+
+
+def _best_per_label(records: list[dict]) -> list[dict]:
+    """The best run (by QWK, the task's primary metric) of each suite label, best first."""
+    from ..leaderboard import best_by
+    from . import get_task
+
+    task = get_task("retinopathy")
+    return list(best_by(records, task, "label").values())
+
+
+def _all_zeros_metrics(y_true: list[int]) -> dict:
+    """Metrics of the trivial predictor that always says grade 0, from a record's test labels."""
+    from ..metrics import evaluate
+
+    y = np.asarray(y_true, dtype=np.int64)
+    scores = np.zeros((len(y), len(GRADES)))
+    scores[:, 0] = 1.0
+    return evaluate(y, scores, GRADES, extras=("qwk", "referable"))
+
+
+def _grading_row(label: str, family: str, m: dict, note: str = "") -> list[str]:
+    ref = m.get("referable") or {}
+    return [label + note, family, _f(m.get("qwk")), _f(m.get("accuracy")),
+            _f(m.get("mean_ovr_accuracy")), _f(m.get("balanced_accuracy")),
+            _f(ref.get("sensitivity")), _f(ref.get("specificity"))]
+
+
+def _per_grade_table(m: dict) -> str:
+    rows = []
+    per = m.get("per_class", {})
+    for grade, name in enumerate(GRADES):
+        p = per.get(name, {})
+        rows.append([f"{grade} {name}", _f(p.get("precision")), _f(p.get("recall")),
+                     _f(p.get("specificity")), _f(p.get("f1")), _f(p.get("ovr_accuracy")),
+                     str(p.get("support", "–"))])
+    if per:
+        mean = {k: np.mean([per[n].get(k, 0.0) for n in GRADES if n in per])
+                for k in ("precision", "recall", "specificity", "f1", "ovr_accuracy")}
+        rows.append(["mean (unweighted)", *(_f(mean[k]) for k in
+                     ("precision", "recall", "specificity", "f1", "ovr_accuracy")), ""])
+    return _table(["grade", "precision", "sensitivity", "specificity", "F1",
+                   "one-vs-rest accuracy", "support"], rows)
+
+
+def _confusion_table(m: dict) -> str:
+    cm = m.get("confusion") or []
+    rows = [[f"**{g}**", *(str(c) for c in row)] for g, row in enumerate(cm)]
+    return _table(["true \\ predicted", *(str(g) for g in range(len(GRADES)))], rows)
+
+
+def page_sections(records: list[dict], figures_dir: Path) -> str:
+    """Retinopathy sections of leaderboard/retinopathy.md, rendered from run records only."""
+    if not records:
+        return ""
+    best = _best_per_label(records)
+    out = ["## Grading metrics (best run of each method, by QWK)\n",
+           "QWK = quadratic weighted kappa (primary). *Study's accuracy* = the mean of the five "
+           "one-vs-rest accuracies, which the source study reports as \"accuracy\"; it is much "
+           "higher than plain 5-way accuracy because each one-vs-rest problem is dominated by "
+           "true negatives. Referable DR = grade >= 2.\n"]
+    rows = [_grading_row(r["label"], r.get("family", ""), r["metrics"]) for r in best]
+    if not any(r["method"] == "majority-class" for r in records):
+        y_true = best[0]["predictions"]["y_true"]
+        rows.append(_grading_row("all-zeros predictor", "reference", _all_zeros_metrics(y_true),
+                                 " (computed from the test labels, not a run)"))
+    out.append(_table(["method", "family", "QWK", "5-way accuracy", "study's accuracy (mean OvR)",
+                       "balanced acc.", "referable sens.", "referable spec."], rows))
+
+    top = best[0]
+    out.append(f"## Per-grade table of the best run ({top['label']}), in the study's format\n")
+    out.append(_per_grade_table(top["metrics"]))
+    out.append("## Confusion matrices as tables (rows = true grade, columns = predicted)\n")
+    for r in best:
+        out.append(f"**{r['label']}** (QWK {_f(r['metrics'].get('qwk'))})\n")
+        out.append(_confusion_table(r["metrics"]))
+
+    ordinal = [r for r in best if isinstance(r.get("info", {}).get("ordinal"), dict)]
+    if ordinal:
+        out.append("## Ordinal models: QWK thresholds (fitted on training-side data, never the test split)\n")
+        orows = []
+        for r in ordinal:
+            o = r["info"]["ordinal"]
+            orows.append([r["label"], ", ".join(_f(t, 2) for t in o.get("thresholds", [])),
+                          _f(o.get("val_qwk_default")), _f(o.get("val_qwk_fitted")),
+                          str(o.get("val_n", "–")), str(o.get("note") or "patient-level validation split")])
+        out.append("Fitted-threshold QWK is measured on the data the thresholds were fitted on "
+                   "(optimistic); the test-split QWK above is the honest number.\n")
+        out.append(_table(["method", "thresholds", "val QWK at 0.5/1.5/2.5/3.5",
+                           "val QWK at fitted", "val n", "fitted on"], orows))
+
+    exposure = top["data"]["train"].get("exposure"), top["data"]["test"].get("exposure")
+    if all(isinstance(e, dict) for e in exposure):
+        tr, te = exposure
+        out.append("## Exposure screening (the study's rule)\n")
+        out.append("Under-exposed: >= 90% of grey values in [0, 30]; over-exposed: >= 80% in "
+                   "[225, 255]. Flagged images are counted, not removed.\n")
+        out.append(_table(["side", "checked", "under-exposed", "over-exposed"],
+                          [["train", str(tr.get("checked")), str(tr.get("under")), str(tr.get("over"))],
+                           ["test", str(te.get("checked")), str(te.get("under")), str(te.get("over"))]]))
+
+    out.append("## Literature (cited by the source study; not our runs)\n")
+    out.append("Reported on the full Kaggle EyePACS data with other splits and resolutions; "
+               "they are context, not comparable numbers.\n")
+    lit = [[name, metric, _f(v)] for name, metric, v in LITERATURE]
+    lit += [[name, metric, v] for name, metric, v in STUDY_CLAIMS]
+    out.append(_table(["model", "metric", "reported"], lit))
+    return "\n".join(out)
+
+
+def _make_fixture(dest: Path, **kwargs) -> str:
+    """`cvbench data fixture retinopathy DEST`: a synthetic EyePACS-layout set in DEST/retinopathy."""
+    dest = Path(dest)
+    folder = dest if dest.name == "retinopathy" else dest / "retinopathy"
+    generate_fixture(folder, **kwargs)
+    return (f"wrote the {FIXTURE_LABEL} to {folder} (Kaggle EyePACS layout); run it with "
+            f"`cvbench suite retinopathy --data-dir {folder.parent}`")
+
+
+register_task(Task(
+    name="retinopathy",
+    title="Diabetic-retinopathy grading (0-4), quadratic weighted kappa",
+    source="DenseNet-201 transfer learning on Kaggle EyePACS 2015 (SEEDS.md, retinopathy)",
+    folder="retinopathy",
+    layout=LAYOUT,
+    load=load_retinopathy,
+    metrics=("qwk", "referable"),
+    primary="qwk",
+    val_group_key="patient",
+    fetch_help=(
+        "Kaggle only (accept the competition rules first): `kaggle competitions download -c "
+        "diabetic-retinopathy-detection`, unzip trainLabels.csv and the train.zip.* parts into "
+        "<data root>/retinopathy/ (train/<patient>_<left|right>.jpeg); or APTOS 2019: `kaggle "
+        "competitions download -c aptos2019-blindness-detection` into <data root>/retinopathy/ "
+        "(train.csv + train_images/)."
+    ),
+    quick_limit=(30, 10),
+    notes=(
+        "When only a labelled train set exists (EyePACS trainLabels.csv, APTOS train.csv), the "
+        "reader splits it 80/20 by patient, stratified by grade (seed 0); validation splits "
+        "for model selection are carved from train by patient too."
+    ),
+    extras={"page_sections": page_sections, "make_fixture": _make_fixture},
+))

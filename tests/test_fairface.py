@@ -1,0 +1,313 @@
+"""FairFace task: reader, compositions at equal size, the composed-method wrapper, per-group
+tables and paired-bootstrap differences, and a tiny real-data run."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from cvbench.data.fairface import (
+    AGES,
+    BIASED_MIX,
+    RACES,
+    compose,
+    fitting_total,
+    largest_remainder,
+    parse_mix,
+    read_fairface,
+    read_label_csv,
+    with_composition,
+)
+from cvbench.errors import DataError, UserError
+from cvbench.methods import Method
+from cvbench.split import Split
+from cvbench.tasks.fairface import _point, group_bootstrap, page_sections, variant_name
+from tests.conftest import task_data
+
+
+# ---------------------------------------------------------------- fixtures
+def _write_release(root, rows_train, rows_val, touch=True):
+    """A FairFace-layout folder with the given CSV rows (images are empty placeholder files)."""
+    for name, rows in (("fairface_label_train.csv", rows_train), ("fairface_label_val.csv", rows_val)):
+        lines = ["file,age,gender,race,service_test"] + [",".join(r) for r in rows]
+        (root / name).write_text("\n".join(lines) + "\n")
+        if touch:
+            for r in rows:
+                (root / r[0]).parent.mkdir(parents=True, exist_ok=True)
+                (root / r[0]).write_bytes(b"")
+    return root
+
+
+def _rows(prefix, n_per_race=2):
+    rows, i = [], 0
+    for race in RACES:
+        for j in range(n_per_race):
+            i += 1
+            rows.append((f"{prefix}/{i}.jpg", AGES[i % len(AGES)], ("Male", "Female")[j % 2], race, "True"))
+    return rows
+
+
+def _synthetic_split(per_race=100):
+    n = per_race * len(RACES)
+    races = np.repeat(np.array(RACES), per_race)
+    return Split(
+        items=np.array([f"img{i}.jpg" for i in range(n)], dtype=object),
+        labels=np.repeat(np.arange(len(RACES)), per_race),
+        classes=RACES,
+        name="fairface/train",
+        groups={"race": races, "gender": np.tile(np.array(["Male", "Female"]), n // 2)},
+    )
+
+
+# ---------------------------------------------------------------- reader
+def test_reader_reads_labels_and_groups(tmp_path):
+    _write_release(tmp_path, _rows("train"), _rows("val", 1))
+    train, test = read_fairface(tmp_path)
+    assert (len(train), len(test)) == (14, 7)
+    assert train.classes == RACES
+    assert train.labels.tolist() == np.repeat(np.arange(7), 2).tolist()
+    assert train.groups["race"][2] == "Black" and train.groups["gender"][1] == "Female"
+    assert train.groups["race_gender"][0] == "White/Male"
+    assert train.groups["age_id"][0] == 1 and train.groups["age"][0] == AGES[1]
+    assert train.meta["gender_classes"] == ["Male", "Female"] and test.meta["age_classes"] == list(AGES)
+    assert "validation" in test.meta["variant"] and "2 per race" in test.meta["variant"]
+    assert test.name == "fairface/test"
+
+
+@pytest.mark.parametrize("field, value, what", [(3, "Martian", "race"), (2, "Other", "gender"),
+                                                 (1, "70+", "age")])
+def test_reader_rejects_unknown_value_with_file_and_line(tmp_path, field, value, what):
+    rows = [list(r) for r in _rows("train")]
+    rows[4][field] = value  # data row 5 = line 6 of the CSV (header is line 1)
+    _write_release(tmp_path, rows, _rows("val", 1))
+    with pytest.raises(DataError, match=rf"fairface_label_train\.csv:6: unknown {what} '{re.escape(value)}'"):
+        read_fairface(tmp_path)
+
+
+def test_reader_reports_missing_image_and_skip_bad_drops_it(tmp_path):
+    _write_release(tmp_path, _rows("train"), _rows("val", 1))
+    (tmp_path / "val" / "3.jpg").unlink()
+    with pytest.raises(DataError, match=r"fairface_label_val\.csv:4: image file .*3\.jpg does not exist"):
+        read_fairface(tmp_path)
+    split = read_label_csv(tmp_path, "fairface_label_val.csv", "fairface/test", skip_bad=True)
+    assert len(split) == 6 and split.meta["missing_files"] == 1
+
+
+@pytest.mark.parametrize("bad, message", [("train/9.jpg,3-9,Male", "malformed row"),
+                                          ("../9.jpg,3-9,Male,White,True", "must be a path inside")])
+def test_reader_rejects_malformed_rows(tmp_path, bad, message):
+    _write_release(tmp_path, _rows("train"), _rows("val", 1))
+    csv_path = tmp_path / "fairface_label_val.csv"
+    csv_path.write_text(csv_path.read_text() + bad + "\n")
+    with pytest.raises(DataError, match=rf"fairface_label_val\.csv:9: .*{message}"):
+        read_fairface(tmp_path)
+
+
+def test_reader_rejects_missing_column_and_missing_csv(tmp_path):
+    (tmp_path / "fairface_label_train.csv").write_text("file,age,race\ntrain/1.jpg,3-9,White\n")
+    with pytest.raises(DataError, match=r"fairface_label_train\.csv:1: missing column\(s\) gender"):
+        read_label_csv(tmp_path, "fairface_label_train.csv", "x")
+    with pytest.raises(DataError, match="missing label file"):
+        read_label_csv(tmp_path, "fairface_label_val.csv", "x")
+
+
+# ---------------------------------------------------------------- compositions
+def test_largest_remainder_by_hand():
+    # quotas 3.5, 2.1, 1.4 -> floors 3, 2, 1; the one seat left goes to the largest remainder
+    assert largest_remainder(np.array([0.5, 0.3, 0.2]), 7).tolist() == [4, 2, 1]
+    # ties go to the earlier group
+    assert largest_remainder(np.full(3, 1 / 3), 5).tolist() == [2, 2, 1]
+    assert largest_remainder(np.array([0.25, 0.75]), 0).tolist() == [0, 0]
+
+
+def test_biased_composition_counts_match_study_mix():
+    split = _synthetic_split(100)
+    n = fitting_total(split)
+    assert n == 227  # floor(100 / 0.4393)
+    sub = compose(split, "biased", seed=0)
+    comp = sub.meta["composition"]
+    counts = np.array([comp["counts"][r] for r in RACES])
+    assert comp["total"] == len(sub) == n and counts.sum() == n
+    assert counts.max() <= 100
+    want = np.array([BIASED_MIX[r] for r in RACES]) / sum(BIASED_MIX.values())
+    assert np.all(np.abs(counts - want * n) < 1)  # largest remainder: within one item
+    assert counts.tolist() == largest_remainder(want, n).tolist()
+    assert np.bincount(sub.labels, minlength=7).tolist() == counts.tolist()
+
+
+def test_compositions_share_size_and_are_reproducible():
+    split = _synthetic_split(100)
+    sizes = {c: len(compose(split, c, seed=3)) for c in ("natural", "biased", "balanced")}
+    assert set(sizes.values()) == {227}
+    bal = compose(split, "balanced", seed=3)
+    # 227 / 7 = 32.43: floors of 32, the 3 seats left go to the first races (ties: class order)
+    assert list(bal.meta["composition"]["counts"].values()) == [33, 33, 33, 32, 32, 32, 32]
+    assert compose(split, "biased", seed=3).fingerprint == compose(split, "biased", seed=3).fingerprint
+    assert compose(split, "biased", seed=3).fingerprint != compose(split, "biased", seed=4).fingerprint
+    # prefix design: the balanced set's items of a race are a subset of the biased set's
+    bia = compose(split, "biased", seed=3)
+    assert set(bal.items[bal.labels == 0]) <= set(bia.items[bia.labels == 0])
+
+
+def test_user_mix_and_errors():
+    split = _synthetic_split(100)
+    assert parse_mix("White=2,Black=1")["White"] == pytest.approx(2 / 3)
+    sub = compose(split, "White=50,Black=50", total=100)
+    assert sub.meta["composition"]["counts"]["White"] == 50 and len(sub) == 100
+    with pytest.raises(UserError, match="at most 166 fits"):
+        compose(split, "White=60,Black=40", total=227)
+    with pytest.raises(UserError, match="bad composition entry 'Klingon=3'"):
+        parse_mix("White=3,Klingon=3")
+    with pytest.raises(UserError, match="no positive share"):
+        parse_mix("White=0")
+
+
+class _Majority(Method):
+    """Majority class of the training split."""
+
+    def __init__(self, k: int = 1):
+        self.k = k
+
+    def fit(self, split):
+        self.counts_ = np.bincount(split.labels, minlength=split.n_classes)
+        self.info_ = {"n_train": len(split)}
+        return self
+
+    def predict_scores(self, split):
+        return np.tile(self.counts_.astype(float), (len(split), 1))
+
+
+def test_with_composition_wraps_any_method():
+    cls = with_composition(_Majority, {"k": 3})
+    m = cls(composition="biased")
+    params = m.get_params()
+    assert params == {"k": 3, "composition": "biased", "composition_total": 0,
+                      "composition_key": "race", "seed": 0}
+    assert clone(m).get_params() == params
+    m.fit(_synthetic_split(100))
+    assert m.info_["n_train"] == 227 and m.info_["composition"]["counts"]["White"] == 100
+    assert m.predict(_synthetic_split(2)).tolist() == [0] * 14  # White dominates the biased mix
+    with pytest.raises(TypeError):
+        with_composition(_Majority, {"nope": 1})
+
+
+# ---------------------------------------------------------------- group metrics and the page
+def test_group_point_and_bootstrap_by_hand():
+    strata = np.array(["a", "a", "b", "b", "b", "b"])
+    correct = np.array([[1, 0, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]], dtype=bool)
+    pt = _point(correct, strata)
+    assert pt["per_group"].tolist() == [[0.5, 0.75], [1.0, 0.0]]
+    assert pt["overall"].tolist() == pytest.approx([4 / 6, 2 / 6])
+    assert pt["gap"].tolist() == [0.25, 1.0]
+    boot = group_bootstrap(correct, strata, n_boot=500, seed=1)
+    assert boot["overall"].shape == (2, 500) and boot["per_group"].shape == (2, 2, 500)
+    # run 1 is always right on a and wrong on b: no resample can change that
+    assert np.all(boot["per_group"][1, 0] == 1.0) and np.all(boot["gap"][1] == 1.0)
+    assert np.all(boot["overall"][1] == pytest.approx(2 / 6))  # strata sizes are fixed
+
+
+def _record(composition, correct_by_race, seed=0, class_weight=None, gender=None):
+    """A run record as the runner writes it, with per-race correctness given by hand."""
+    from cvbench.metrics import evaluate
+
+    y_true = np.repeat(np.arange(7), 10)
+    y_pred = y_true.copy()
+    for r, n_right in enumerate(correct_by_race):
+        y_pred[r * 10 + n_right: (r + 1) * 10] = (r + 1) % 7
+    genders = np.tile(np.array(["Male", "Female"]), 35)
+    scores = np.eye(7)[y_pred]
+    groups = {"race": np.array(RACES)[y_true], "gender": genders}
+    metrics = evaluate(y_true, scores, RACES, extras=("groups:race", "groups:race*gender"), groups=groups)
+    rec = {
+        "key": f"{composition}{seed}{class_weight}", "method": "fairface-resnet", "label": "joint",
+        "seed": seed, "quick": False, "family": "deep",
+        "params": {"composition": composition, "class_weight": class_weight, "epochs": 3, "seed": seed},
+        "data": {"variant": "v", "train": {"n": 7000, "fingerprint": "t"}, "test": {"n": 70, "fingerprint": "f"}},
+        "metrics": metrics,
+        "predictions": {"y_true": y_true.tolist(), "y_pred": y_pred.tolist()},
+        "timings": {"fit_s": 1.0, "predict_s": 0.1, "total_s": 1.1, "per_image_ms": 1.0},
+        "info": {"composition": {"name": composition, "total": 2276, "counts": dict.fromkeys(RACES, 325)}},
+        "budget": {"epochs": 3},
+    }
+    if gender:
+        rec["predictions"]["groups"] = {"gender": genders.tolist()}
+    return rec
+
+
+def test_page_sections_tables_and_differences(tmp_path):
+    balanced = _record("balanced", [8] * 7)
+    biased = _record("biased", [10, 6, 8, 8, 8, 8, 4])
+    mitig = _record("biased", [9, 7, 8, 8, 8, 8, 6], class_weight="balanced", gender=True)
+    assert variant_name(mitig) == "biased + class-balanced loss"
+    md = page_sections([biased, balanced, mitig], tmp_path)
+    assert "## Disparity across groups" in md and "Tables V–XI" in md
+    # per race x gender table: White / Male for the biased run is 5/5 right
+    row = next(line for line in md.splitlines() if line.startswith("| White / Male"))
+    assert row.split("|")[2].strip() == "0.800" and row.split("|")[3].strip() == "1.000"
+    # biased - balanced for Middle Eastern: 0.4 - 0.8, interval excludes 0 -> bold
+    diff = next(line for line in md.splitlines() if line.startswith("| accuracy: Middle Eastern"))
+    assert "**-0.400 [" in diff
+    gap = next(line for line in md.splitlines() if line.startswith("| race gap (max − min)"))
+    assert gap.split("|")[2].strip() == "0.000" and gap.split("|")[3].strip() == "0.600"
+    assert "worst race × gender" in md  # genders stored in one record: race x gender rows
+    assert any(p.name.startswith("confusion-biased-vs-balanced") for p in tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- real data
+@pytest.mark.realdata
+def test_real_fairface_tiny_knn_writes_group_table(real_data, tmp_path):
+    from cvbench.run import RunOptions, RunSpec, run_one
+    from cvbench.split import per_class_limit
+    from cvbench.tasks import get_task
+
+    task = get_task("fairface")
+    train, test = task.load_splits(real_data, seed=0)
+    folder = task_data(real_data, "fairface")
+    assert (len(train), len(test)) == (7000, 1400) and folder.is_dir()
+    assert np.bincount(train.labels).tolist() == [1000] * 7
+    train, test = per_class_limit(train, 30), per_class_limit(test, 10)
+    records = []
+    for comp in ("biased", "balanced"):
+        spec = RunSpec("fairface-tiny-knn", {"composition": comp, "size": 8, "n_jobs": 1})
+        records.append(run_one(task, spec, RunOptions(save=False, progress=False), splits=(train, test)))
+    assert records[0]["info"]["composition"]["counts"]["White"] == 30
+    assert records[0]["info"]["composition"]["total"] == records[1]["info"]["composition"]["total"] == 68
+    assert set(records[0]["metrics"]["groups"]["race*gender"]["per_group"]) >= {"White / Male"}
+    md = page_sections(records, tmp_path)
+    assert "| White / Female |" in md and "biased − balanced [95% CI]" in md
+
+
+# ---------------------------------------------------------------- registered methods, fixture
+def test_registered_fairface_methods_and_study_defaults():
+    from cvbench.methods import create_method
+
+    m = create_method("fairface-resnet", composition="biased", class_weight="balanced")
+    p = m.get_params()
+    assert (p["model"], p["image_size"], p["optimizer"], p["lr"], p["batch_size"]) == (
+        "resnet34", 224, "adam", 0.001, 32)
+    assert p["aux_targets"] == "gender:2,age:9" and p["composition"] == "biased"
+    knn = create_method("fairface-tiny-knn", k=3, composition="balanced")
+    assert knn.get_params()["k"] == 3 and "seed" in knn.get_params()
+    with pytest.raises(UserError, match="no parameter 'nope'"):
+        create_method("fairface-tiny-knn", nope=1)
+
+
+def test_generated_fixture_joint_model_scores_gender_and_age(tmp_path):
+    from cvbench.run import RunOptions, RunSpec, run_one
+    from cvbench.tasks import get_task
+
+    task = get_task("fairface")
+    msg = task.extras["make_fixture"](tmp_path)
+    assert "GENERATED FIXTURE" in msg
+    train, test = task.load_splits(tmp_path)
+    assert train.meta["variant"].startswith("GENERATED FIXTURE") and (len(train), len(test)) == (56, 28)
+    spec = RunSpec("fairface-resnet", {"composition": "balanced", "model": "resnet-small", "width": 0.25,
+                                       "image_size": 16, "epochs": 1, "batch_size": 16, "val_fraction": 0.0})
+    rec = run_one(task, spec, RunOptions(save=False, progress=False, device="cpu"), splits=(train, test))
+    assert set(rec["metrics"]["aux"]) == {"gender", "age"} and rec["metrics"]["aux"]["age"]["n"] == 28
+    assert rec["info"]["composition"]["total"] == 18  # floor(8 / 0.4393)
+    assert rec["info"]["aux_classes"]["gender"] == ["Male", "Female"]
+    assert set(rec["metrics"]["groups"]) == {"race", "race*gender"}
