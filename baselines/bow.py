@@ -1,0 +1,472 @@
+"""`bow-sift`: dense SIFT -> k-means vocabulary -> (spatial pyramid) bag of words -> classifier.
+
+Pipeline and caches (all under cvbench.paths.cache_dir, keyed by split fingerprint + params):
+
+1. Descriptors (``cache_dir("sift")``): a split's dense SIFT (uint8 descriptors, frames) is
+   stored once as memory-mapped files when it fits ``$CVBENCH_SIFT_CACHE_GB`` (default 2 GiB
+   per split; step >= 3 on scene15); larger ones (step 1) are extracted on the fly.
+2. Vocabulary (``cache_dir("vocab")``): k-means on a seeded random sample of ``vocab_sample``
+   training descriptors, ``ceil(vocab_sample / n_images)`` per image (the same per-image
+   generator whether or not descriptors are cached, so results never depend on cache state).
+   The sample is drawn from the grid at step ``max(step, vocab_step)``: the same descriptors
+   on a coarser grid, so a step-1 run does not pay a second full step-1 extraction.
+3. Encoding (``cache_dir("bow")``): image by image, extract (or read) -> RootSIFT/L2 ->
+   assign -> pyramid histogram, in joblib batches; only histograms come back, so memory is
+   flat even at step 1. A k-sweep or C-sweep re-uses the cached histograms.
+4. Classifier: baselines.classifiers.make_classifier (k-NN, linear / chi2 / HIK SVM).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvbench.atomic import atomic_write_bytes
+from cvbench.errors import UserError
+from cvbench.methods import Method, register_method
+from cvbench.paths import cache_dir
+
+from .classifiers import CLASSIFIERS, make_classifier
+from .encode import (
+    ENCODINGS,
+    assign_hard,
+    assign_soft,
+    normalise,
+    pyramid_dim,
+    pyramid_histogram,
+)
+from .sift import SiftParams, dense_sift, make_sift_params, transform_descriptors
+from .vocab import (
+    digest,
+    kmeans,
+    load_vocabulary,
+    resolve_kmeans_backend,
+    save_vocabulary,
+    vocab_key,
+)
+
+_BATCH = 16  # images per joblib task
+
+
+# ---------------------------------------------------------------- descriptor extraction
+
+
+def _limit_threads():
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
+def _extract(split, i: int, p: SiftParams):
+    img = split.image(int(i), "gray", max_side=p.max_side)
+    return dense_sift(img, p)
+
+
+def _extract_batch(split, idx, p: SiftParams):
+    with _limit_threads():
+        return [_extract(split, i, p) for i in idx]
+
+
+def _parallel(fn, args: tuple, batches, n_jobs, backend):
+    """Run fn(split, batch, *args) over batches with joblib, yielding results in order."""
+    from joblib import Parallel, delayed
+
+    split, rest = args[0], args[1:]
+    n_jobs = -1 if n_jobs is None else int(n_jobs)
+    if n_jobs == 1 or len(batches) <= 1:
+        for b in batches:
+            yield fn(split, b, *rest)
+        return
+    yield from Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
+        delayed(fn)(split, b, *rest) for b in batches
+    )
+
+
+def _batches(n: int) -> list[np.ndarray]:
+    return [np.arange(s, min(n, s + _BATCH)) for s in range(0, n, _BATCH)]
+
+
+class DescriptorStore:
+    """A split's dense SIFT on disk: desc.u8 (N, 128), frames.f32 (N, 3), index.npz."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        idx = np.load(self.path / "index.npz")
+        self.offsets = idx["offsets"]
+        self.shapes = idx["shapes"]
+        n = int(self.offsets[-1])
+        self.n_descriptors = n
+        self.desc = np.memmap(self.path / "desc.u8", np.uint8, "r", shape=(n, 128)) if n else np.zeros((0, 128), np.uint8)
+        self.frames = np.memmap(self.path / "frames.f32", np.float32, "r", shape=(n, 3)) if n else np.zeros((0, 3), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def get(self, i: int):
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return np.asarray(self.frames[a:b]), np.asarray(self.desc[a:b]), tuple(int(s) for s in self.shapes[i])
+
+
+def _store_dir(split, p: SiftParams) -> Path:
+    return cache_dir("sift") / f"{split.fingerprint}-{vocab_key(**p.key())}"
+
+
+def _cache_budget_bytes() -> float:
+    try:
+        return float(os.environ.get("CVBENCH_SIFT_CACHE_GB", "2")) * 2**30
+    except ValueError:
+        raise UserError("CVBENCH_SIFT_CACHE_GB must be a number of GiB, e.g. 2") from None
+
+
+def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", build: bool = True):
+    """The split's descriptor store: cached, freshly built (if it fits the budget), or None."""
+    path = _store_dir(split, p)
+    if (path / "index.npz").is_file():
+        return DescriptorStore(path)
+    if not build or len(split) == 0:
+        return None
+    frames0, _, _ = _extract(split, 0, p)
+    if len(frames0) * 140 * len(split) > _cache_budget_bytes():
+        return None
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        offsets, shapes = [0], []
+        with open(tmp / "desc.u8", "wb") as fd, open(tmp / "frames.f32", "wb") as ff:
+            for results in _parallel(_extract_batch, (split, p), _batches(len(split)), n_jobs,
+                                     joblib_backend):
+                for frames, desc, shape in results:
+                    fd.write(np.ascontiguousarray(desc, np.uint8).tobytes())
+                    ff.write(np.ascontiguousarray(frames, np.float32).tobytes())
+                    offsets.append(offsets[-1] + len(desc))
+                    shapes.append(shape)
+            for f in (fd, ff):
+                f.flush()
+                os.fsync(f.fileno())
+        buf = io.BytesIO()
+        np.savez(buf, offsets=np.asarray(offsets, np.int64), shapes=np.asarray(shapes, np.int32).reshape(-1, 2))
+        atomic_write_bytes(tmp / "index.npz", buf.getvalue())
+        try:
+            os.replace(tmp, path)  # atomic: the store appears complete or not at all
+        except OSError:  # another process finished the same store first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return DescriptorStore(path)
+
+
+# ---------------------------------------------------------------- vocabulary sample
+
+
+def _pick(n: int, m: int, seed: int, i: int) -> np.ndarray:
+    rng = np.random.default_rng([int(seed), int(i)])
+    return np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(n)
+
+
+def _sample_batch(split, idx, p: SiftParams, m: int, seed: int, store_path):
+    store = DescriptorStore(store_path) if store_path else None
+    out = []
+    with _limit_threads():
+        for i in idx:
+            _, desc, _ = store.get(i) if store else _extract(split, i, p)
+            out.append(np.asarray(desc[_pick(len(desc), m, seed, i)]))
+    return out
+
+
+def sample_descriptors(split, p: SiftParams, n_total: int, seed: int, n_jobs=None,
+                       joblib_backend: str = "loky") -> tuple[np.ndarray, int]:
+    """Seeded sample of ~n_total uint8 descriptors (ceil(n_total / n) per image) + store hit."""
+    store = open_store(split, p, n_jobs, joblib_backend)
+    m = max(1, math.ceil(n_total / max(1, len(split))))
+    sp = store.path if store else None
+    batches = _batches(len(split))
+    results = _parallel(_sample_batch, (split, p, m, seed, sp), batches, n_jobs, joblib_backend)
+    parts = [d for res in results for d in res]
+    return np.vstack(parts) if parts else np.zeros((0, 128), np.uint8), store is not None
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
+    store = DescriptorStore(store_path) if store_path else None
+    K = len(centres)
+    out, n_desc = [], 0
+    with _limit_threads():
+        for i in idx:
+            frames, desc, shape = store.get(i) if store else _extract(split, i, p)
+            X = transform_descriptors(desc, enc["rootsift"])
+            if enc["encoding"] == "soft":
+                votes = assign_soft(X, centres, enc["sigma"])
+            else:
+                votes = assign_hard(X, centres)
+            out.append(pyramid_histogram(frames[:, :2], shape, votes, K, enc["levels"], "none"))
+            n_desc += len(desc)
+    return out, n_desc
+
+
+def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=None,
+                 joblib_backend: str = "loky") -> tuple[np.ndarray, dict[str, Any]]:
+    """Bag-of-words matrix (n, dim) of a split, from the cache or computed image by image.
+
+    The cache holds the unnormalised weighted pyramid counts, so changing `hist_norm` (applied
+    last) never re-encodes.
+    """
+    raw = {k: v for k, v in enc.items() if k != "hist_norm"}
+    key = vocab_key(split=split.fingerprint, sift=p.key(), vocab=digest(centres), **raw)
+    path = cache_dir("bow") / f"{key}.npy"
+    if path.is_file():
+        try:
+            H = np.load(path, allow_pickle=False)
+            info = {"hist_cache_hit": True, "desc_cache": None, "n_descriptors": None}
+            return normalise(H, enc["hist_norm"]), info
+        except (OSError, ValueError):
+            pass
+    t0 = time.perf_counter()
+    store = open_store(split, p, n_jobs, joblib_backend)
+    t_extract = time.perf_counter() - t0 if store is not None else 0.0
+    sp = store.path if store else None
+    rows, n_desc = [], 0
+    args = (split, p, sp, centres, enc)
+    for hists, n in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
+        rows.extend(hists)
+        n_desc += n
+    dim = pyramid_dim(len(centres), enc["levels"])
+    H = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    buf = io.BytesIO()
+    np.save(buf, H, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return normalise(H, enc["hist_norm"]), {"hist_cache_hit": False, "desc_cache": store is not None, "n_descriptors": n_desc,
+               "store_build_s": round(t_extract, 3)}
+
+
+# ---------------------------------------------------------------- the method
+
+
+@register_method(
+    "bow-sift", family="classical",
+    description="Dense SIFT (vlfeat/OpenCV) + k-means vocabulary + spatial-pyramid bag of words + k-NN/SVM",
+)
+class BowSift(Method):
+    """Bag of dense SIFT words with an optional spatial pyramid and a k-NN or SVM classifier."""
+
+    def __init__(
+        self,
+        step: int = 4,
+        bin_size: int = 4,
+        scales: Any = None,
+        backend: str = "auto",
+        smooth: bool | None = None,
+        contrast_threshold: float = 0.0,
+        rootsift: bool = False,
+        vocab_size: int = 400,
+        vocab_sample: int = 100_000,
+        vocab_step: int = 4,
+        kmeans: str = "auto",
+        kmeans_iter: int = 25,
+        encoding: str = "hard",
+        sigma: float = 0.2,
+        hist_norm: str = "l1",
+        pyramid_levels: int = 0,
+        classifier: str = "knn",
+        k: int = 8,
+        metric: str = "l1",
+        weighted: bool = False,
+        C: float = 1.0,
+        kernel_mode: str = "exact",
+        max_side: int | None = None,
+        seed: int = 0,
+        n_jobs: int | None = None,
+        joblib_backend: str = "loky",
+    ):
+        self.step = step
+        self.bin_size = bin_size
+        self.scales = scales
+        self.backend = backend
+        self.smooth = smooth
+        self.contrast_threshold = contrast_threshold
+        self.rootsift = rootsift
+        self.vocab_size = vocab_size
+        self.vocab_sample = vocab_sample
+        self.vocab_step = vocab_step
+        self.kmeans = kmeans
+        self.kmeans_iter = kmeans_iter
+        self.encoding = encoding
+        self.sigma = sigma
+        self.hist_norm = hist_norm
+        self.pyramid_levels = pyramid_levels
+        self.classifier = classifier
+        self.k = k
+        self.metric = metric
+        self.weighted = weighted
+        self.C = C
+        self.kernel_mode = kernel_mode
+        self.max_side = max_side
+        self.seed = seed
+        self.n_jobs = n_jobs
+        self.joblib_backend = joblib_backend
+
+    def _check(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise UserError(f"unknown encoding {self.encoding!r}; valid: {', '.join(ENCODINGS)}")
+        if self.classifier not in CLASSIFIERS:
+            raise UserError(f"unknown classifier {self.classifier!r}; valid: {', '.join(CLASSIFIERS)}")
+        if int(self.vocab_size) < 1 or int(self.pyramid_levels) < 0:
+            raise UserError("vocab_size must be >= 1 and pyramid_levels >= 0")
+
+    def _enc(self) -> dict[str, Any]:
+        return {"rootsift": bool(self.rootsift), "encoding": self.encoding,
+                "sigma": float(self.sigma) if self.encoding == "soft" else None,
+                "levels": int(self.pyramid_levels), "hist_norm": self.hist_norm}
+
+    def fit(self, split):
+        self._check()
+        t_start = time.perf_counter()
+        p = make_sift_params(self.step, self.bin_size, self.scales, self.backend, self.smooth,
+                             self.contrast_threshold, self.max_side)
+        self.sift_params_ = p
+        km_backend = resolve_kmeans_backend(self.kmeans)
+        # --- vocabulary
+        t0 = time.perf_counter()
+        pv = replace(p, step=max(p.step, int(self.vocab_step)))
+        vkey = vocab_key(train=split.fingerprint, sift=pv.key(), rootsift=bool(self.rootsift),
+                         k=int(self.vocab_size), sample=int(self.vocab_sample), kmeans=km_backend,
+                         iters=int(self.kmeans_iter), seed=int(self.seed))
+        centres = load_vocabulary(vkey)
+        vocab_hit = centres is not None
+        extract_s = kmeans_s = 0.0
+        n_sample = None
+        if centres is None:
+            sample, _ = sample_descriptors(split, pv, int(self.vocab_sample), int(self.seed),
+                                           self.n_jobs, self.joblib_backend)
+            extract_s = time.perf_counter() - t0
+            n_sample = len(sample)
+            t1 = time.perf_counter()
+            centres = kmeans(transform_descriptors(sample, bool(self.rootsift)), int(self.vocab_size),
+                             km_backend, int(self.seed), int(self.kmeans_iter))
+            kmeans_s = time.perf_counter() - t1
+            save_vocabulary(vkey, centres)
+        self.centres_ = centres
+        vocab_total = time.perf_counter() - t0
+        # --- encode the training split
+        t0 = time.perf_counter()
+        H, enc_info = encode_split(split, p, centres, self._enc(), self.n_jobs, self.joblib_backend)
+        encode_s = time.perf_counter() - t0
+        # --- classifier
+        t0 = time.perf_counter()
+        self.clf_ = make_classifier(self.classifier, C=float(self.C), seed=int(self.seed), k=int(self.k),
+                                    metric=self.metric, weighted=bool(self.weighted),
+                                    kernel_mode=self.kernel_mode, n_jobs=1)
+        self.clf_.fit(H, split.labels, n_classes=split.n_classes)
+        classify_s = time.perf_counter() - t0
+        self.info_ = {
+            "backend": p.backend,
+            "kmeans_backend": km_backend,
+            "sift": p.key(),
+            "vocab_sift_step": pv.step,
+            "vocab_cache_hit": vocab_hit,
+            "vocab_sample": n_sample,
+            "feature_dim": int(H.shape[1]),
+            "train": {k: v for k, v in enc_info.items() if v is not None},
+            "classifier": self.clf_.info(),
+            "timings": {
+                "vocab_extract_s": round(extract_s, 3),
+                "kmeans_s": round(kmeans_s, 3),
+                "vocab_s": round(vocab_total, 3),
+                "encode_s": round(encode_s, 3),
+                "classify_s": round(classify_s, 3),
+                "fit_total_s": round(time.perf_counter() - t_start, 3),
+            },
+            "n_jobs": self.n_jobs,
+            "joblib_backend": self.joblib_backend,
+        }
+        self._peak()
+        return self
+
+    def transform(self, split) -> np.ndarray:
+        """Bag-of-words features of a split with the fitted vocabulary (cached)."""
+        H, _ = encode_split(split, self.sift_params_, self.centres_, self._enc(), self.n_jobs,
+                            self.joblib_backend)
+        return H
+
+    def predict_scores(self, split) -> np.ndarray:
+        t0 = time.perf_counter()
+        H, enc_info = encode_split(split, self.sift_params_, self.centres_, self._enc(), self.n_jobs,
+                                   self.joblib_backend)
+        t1 = time.perf_counter()
+        scores = self.clf_.decision_scores(H)
+        t2 = time.perf_counter()
+        if hasattr(self, "info_"):
+            self.info_["test"] = {k: v for k, v in enc_info.items() if v is not None}
+            self.info_["timings"]["test_encode_s"] = round(t1 - t0, 3)
+            self.info_["timings"]["test_classify_s"] = round(t2 - t1, 3)
+            self._peak()
+        return scores
+
+    def _peak(self) -> None:
+        """Peak resident memory (MiB) of this process; joblib workers (alive) are not counted."""
+        self.info_["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ---------------------------------------------------------------- validation sweeps
+
+
+def validation_sweep(train, configs: list[dict[str, Any]], fraction: float = 0.2, seed: int = 0,
+                     k_values: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Accuracy of each bow-sift config on a stratified validation carve of TRAIN (never test).
+
+    Each config is fitted on train-minus-val (its own vocabulary) and scored on val; with
+    `k_values`, every k-NN k is scored from the same fitted encodings. Yields one row per
+    (config, k) with the accuracy, used to choose the suite's hyper-parameters.
+    """
+    from cvbench.split import carve_validation
+
+    fit_split, val = carve_validation(train, fraction=fraction, seed=seed)
+    for cfg in configs:
+        t0 = time.perf_counter()
+        m = BowSift(**cfg).fit(fit_split)
+        H = m.transform(val)
+        ks = k_values if (k_values and cfg.get("classifier", "knn") == "knn") else [None]
+        for k in ks:
+            if k is not None:
+                m.clf_ = make_classifier("knn", k=int(k), metric=m.metric, weighted=bool(m.weighted))
+                m.clf_.fit(m.transform(fit_split), fit_split.labels, n_classes=train.n_classes)
+            acc = float((m.clf_.decision_scores(H).argmax(1) == val.labels).mean())
+            yield {**cfg, **({"k": k} if k is not None else {}), "val_accuracy": round(acc, 4),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Validation sweep from the shell (prints one JSON row per config and k):
+
+    python -c 'from cvbench.baselines.bow import _main; _main()' --configs '[{...}]' --k 1,5
+    """
+    import argparse
+    import json
+
+    from cvbench.paths import data_root
+    from cvbench.tasks import get_task
+
+    ap = argparse.ArgumentParser(description=_main.__doc__)
+    ap.add_argument("--task", default="scene15")
+    ap.add_argument("--configs", required=True, help="JSON list of bow-sift parameter dicts")
+    ap.add_argument("--k", default="", help="comma-separated k values scored for k-NN configs")
+    ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    task = get_task(args.task)
+    train, _ = task.load(data_root() / task.folder, args.seed, False)
+    ks = [int(k) for k in args.k.split(",") if k] or None
+    for row in validation_sweep(train, json.loads(args.configs), args.fraction, args.seed, ks):
+        print(json.dumps(row), flush=True)

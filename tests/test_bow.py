@@ -1,0 +1,95 @@
+"""bow-sift end to end: synthetic textures (fast, cache behaviour) and a small real scene15 run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cvbench.baselines.bow import BowSift, sample_descriptors
+from cvbench.baselines.encode import pyramid_dim
+from cvbench.baselines.sift import make_sift_params
+from cvbench.errors import UserError
+from cvbench.methods import create_method, get_method_spec
+from cvbench.split import Split, per_class_limit
+from tests.conftest import task_data
+
+
+def _stripes(n_per_class: int, seed: int) -> Split:
+    """Two classes of 48x64 images: horizontal vs vertical noisy stripes (in memory)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:48, 0:64]
+    imgs, labels = [], []
+    for c in range(2):
+        for _ in range(n_per_class):
+            period = rng.uniform(6, 12)
+            phase = rng.uniform(0, 2 * np.pi)
+            coord = yy if c == 0 else xx
+            img = 128 + 80 * np.sin(2 * np.pi * coord / period + phase) + rng.normal(0, 20, yy.shape)
+            imgs.append(np.clip(img, 0, 255).astype(np.uint8))
+            labels.append(c)
+    return Split(items=np.stack(imgs), labels=np.array(labels), classes=("horizontal", "vertical"),
+                 name=f"stripes/{seed}")
+
+
+def test_registered_with_plain_params():
+    spec = get_method_spec("bow-sift")
+    assert spec.family == "classical"
+    params = spec.params()
+    for name in ("step", "bin_size", "scales", "backend", "rootsift", "vocab_size", "vocab_sample",
+                 "kmeans", "encoding", "hist_norm", "pyramid_levels", "classifier", "k", "metric",
+                 "C", "kernel_mode", "max_side", "seed", "n_jobs", "joblib_backend"):
+        assert name in params, name
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in params.values())
+    with pytest.raises(UserError):
+        create_method("bow-sift", vocab_words=3)
+
+
+@pytest.mark.parametrize("classifier,levels", [("knn", 0), ("linear-svm", 1), ("hik-svm", 2)])
+def test_stripes_end_to_end_and_caches(classifier, levels):
+    train, test = _stripes(12, 0), _stripes(8, 1)
+    kw = dict(step=6, bin_size=3, vocab_size=16, vocab_sample=3000, classifier=classifier, k=3,
+              pyramid_levels=levels, n_jobs=1, backend="opencv")
+    m = BowSift(**kw).fit(train)
+    acc = (m.predict(test) == test.labels).mean()
+    assert acc >= 0.85, acc
+    info = m.info_
+    assert info["backend"] == "opencv" and info["feature_dim"] == pyramid_dim(16, levels)
+    assert {"vocab_s", "encode_s", "classify_s"} <= set(info["timings"])
+    # second fit: vocabulary and histograms come from the cache and give the same scores
+    m2 = BowSift(**kw).fit(train)
+    assert m2.info_["vocab_cache_hit"] and m2.info_["train"]["hist_cache_hit"]
+    np.testing.assert_array_equal(m2.centres_, m.centres_)
+    np.testing.assert_allclose(m2.predict_scores(test), m.predict_scores(test))
+
+
+def test_training_histograms_sum_to_one():
+    train = _stripes(5, 2)
+    m = BowSift(step=8, bin_size=3, vocab_size=8, vocab_sample=500, pyramid_levels=1, n_jobs=1,
+                backend="opencv").fit(train)
+    H = m.transform(train)
+    assert H.shape == (10, pyramid_dim(8, 1))
+    np.testing.assert_allclose(H.sum(1), 1.0, rtol=1e-5)
+
+
+def test_vocab_sample_same_with_and_without_descriptor_cache(monkeypatch):
+    split = _stripes(4, 3)
+    p = make_sift_params(step=5, bin_size=3, backend="opencv")
+    monkeypatch.setenv("CVBENCH_SIFT_CACHE_GB", "0")  # no store: extract on the fly
+    a, stored_a = sample_descriptors(split, p, 200, seed=7, n_jobs=1)
+    monkeypatch.setenv("CVBENCH_SIFT_CACHE_GB", "1")
+    b, stored_b = sample_descriptors(split, p, 200, seed=7, n_jobs=1)
+    assert not stored_a and stored_b
+    assert len(a) == 200
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.realdata
+def test_scene15_small_subset_well_above_chance(real_data):
+    from cvbench.data.scene15 import read_scene15
+
+    train, test = read_scene15(task_data(real_data, "scene15"))
+    train, test = per_class_limit(train, 20, seed=0), per_class_limit(test, 10, seed=0)
+    m = BowSift(step=8, vocab_size=100, vocab_sample=20_000, classifier="linear-svm",
+                hist_norm="sqrt", n_jobs=2).fit(train)
+    acc = float((m.predict(test) == test.labels).mean())
+    assert acc > 0.35, acc  # chance is 1/15 = 0.067

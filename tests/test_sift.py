@@ -1,0 +1,159 @@
+"""Dense SIFT: documented grid in both backends, backend agreement, small images, encodings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cvbench.baselines import sift as S
+from cvbench.baselines.encode import (
+    assign_hard,
+    assign_soft,
+    normalise,
+    pyramid_dim,
+    pyramid_histogram,
+    pyramid_weights,
+)
+from cvbench.errors import UserError
+
+BACKENDS = ["opencv"] + (["vlfeat"] if S.vlfeat_available() else [])
+
+
+def _texture(h: int = 97, w: int = 131, seed: int = 0) -> np.ndarray:
+    """A smooth random texture with edges (uint8), so descriptors are not degenerate."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (h, w)).astype(np.float32), (0, 0), 2.0)
+    img[h // 3 : h // 2, :] += 60
+    img[:, w // 2 :] -= 40
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _expected_grid(h, w, step, sizes):
+    offs = S.grid_offsets(tuple(sizes))
+    out = []
+    for b in sizes:
+        ys = [offs[b] + 1.5 * b + i * step for i in range(1000) if offs[b] + 3 * b + i * step <= h - 1]
+        xs = [offs[b] + 1.5 * b + i * step for i in range(1000) if offs[b] + 3 * b + i * step <= w - 1]
+        gy, gx = np.meshgrid(ys, xs, indexing="ij")
+        out.append(np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, b)], axis=1))
+    return np.vstack(out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("step,sizes", [(4, (4,)), (3, (5,)), (6, (4, 6, 8))])
+def test_grid_matches_documented_positions(backend, step, sizes):
+    img = _texture()
+    p = S.make_sift_params(step=step, scales=",".join(map(str, sizes)), backend=backend)
+    frames, desc, shape = S.dense_sift(img, p)
+    assert shape == img.shape
+    assert desc.shape == (len(frames), 128) and desc.dtype == np.uint8
+    np.testing.assert_allclose(frames, _expected_grid(*img.shape, step, sizes))
+
+
+def test_vlfeat_first_frame_is_one_and_a_half_bins_in():
+    if "vlfeat" not in BACKENDS:
+        pytest.skip("cyvlfeat not installed")
+    frames, _, _ = S.dense_sift(_texture(), S.make_sift_params(step=5, bin_size=6, backend="vlfeat"))
+    assert tuple(frames[0, :2]) == (9.0, 9.0)  # 1.5 * 6, VLFeat's dsift default bounds
+
+
+@pytest.mark.parametrize("scales", [None, "4,8"])
+def test_backends_agree(scales):
+    if "vlfeat" not in BACKENDS:
+        pytest.skip("cyvlfeat not installed")
+    img = _texture(120, 160, seed=3)
+    out = {}
+    for be in ("vlfeat", "opencv"):
+        frames, desc, _ = S.dense_sift(img, S.make_sift_params(step=5, bin_size=4, scales=scales, backend=be))
+        out[be] = (frames, S.transform_descriptors(desc, rootsift=False))
+    np.testing.assert_array_equal(out["vlfeat"][0], out["opencv"][0])
+    assert out["vlfeat"][1].shape == out["opencv"][1].shape
+    cos = (out["vlfeat"][1] * out["opencv"][1]).sum(axis=1)
+    assert cos.mean() > 0.95, cos.mean()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hw", [(10, 10), (1, 1), (8, 200), (200, 3)])
+def test_images_smaller_than_window_are_reflect_padded(backend, hw):
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, hw, dtype=np.uint8)
+    p = S.make_sift_params(step=4, bin_size=4, backend=backend)
+    frames, desc, shape = S.dense_sift(img, p)
+    need = S.min_image_side(p.sizes)
+    assert shape == (max(hw[0], need), max(hw[1], need))
+    assert len(frames) >= 1 and desc.shape == (len(frames), 128)
+    assert frames[:, 0].max() + 6 <= shape[1] - 1 and frames[:, 1].max() + 6 <= shape[0] - 1
+
+
+def test_pad_small_reflects():
+    img = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    out = S.pad_small(img, (2,))
+    assert out.shape == (9, 9)
+    np.testing.assert_array_equal(out[:3, :4], img)
+    np.testing.assert_array_equal(out[3, :4], img[1])  # reflect-101: row 3 mirrors row 1
+
+
+def test_rootsift_and_l2_are_unit_norm():
+    d = np.random.default_rng(0).integers(0, 256, (50, 128)).astype(np.uint8)
+    d[0] = 0
+    for root in (True, False):
+        X = S.transform_descriptors(d, root)
+        n = np.linalg.norm(X, axis=1)
+        np.testing.assert_allclose(n[1:], 1.0, rtol=1e-5)
+        assert n[0] == 0
+
+
+def test_bad_params_raise_user_errors():
+    with pytest.raises(UserError):
+        S.make_sift_params(backend="sift-gpu")
+    with pytest.raises(UserError):
+        S.make_sift_params(scales="4,x")
+    assert S.parse_scales("8,4,4", 4) == (4, 8)
+
+
+def test_hard_assignment_matches_brute_force():
+    rng = np.random.default_rng(0)
+    X, C = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(20, 16)).astype(np.float32)
+    brute = ((X[:, None] - C[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(assign_hard(X, C), brute)
+    W = assign_soft(X, C, sigma=0.5)
+    np.testing.assert_allclose(W.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(W.argmax(1), brute)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2, 3])
+@pytest.mark.parametrize("soft", [False, True])
+def test_pyramid_histogram_dims_and_l1(levels, soft):
+    rng = np.random.default_rng(levels)
+    K, n = 12, 500
+    xy = rng.uniform(0, [80, 60], size=(n, 2))
+    votes = rng.dirichlet(np.ones(K), size=n) if soft else rng.integers(0, K, n)
+    h = pyramid_histogram(xy, (60, 80), votes, K, levels, "l1")
+    assert h.shape == (pyramid_dim(K, levels),) == (K * sum(4**lv for lv in range(levels + 1)),)
+    assert h.sum() == pytest.approx(1.0, rel=1e-5)
+    # level 0 block, before normalisation, is the plain histogram weighted 1/2^L
+    raw = pyramid_histogram(xy, (60, 80), votes, K, levels, "none")
+    plain = np.bincount(votes, minlength=K) / n if not soft else votes.sum(0) / n
+    np.testing.assert_allclose(raw[:K], plain * pyramid_weights(levels)[0], rtol=1e-5)
+    # every level's cells add up to that level's weight
+    start = 0
+    for lvl, wt in enumerate(pyramid_weights(levels)):
+        size = K * 4**lvl
+        assert raw[start : start + size].sum() == pytest.approx(wt, rel=1e-5)
+        start += size
+
+
+def test_pyramid_weights_are_lazebniks():
+    np.testing.assert_allclose(pyramid_weights(2), [0.25, 0.25, 0.5])
+    np.testing.assert_allclose(pyramid_weights(0), [1.0])
+
+
+def test_normalisations():
+    h = np.array([[1.0, 3.0, 0.0]])
+    np.testing.assert_allclose(normalise(h, "l1"), [[0.25, 0.75, 0]])
+    np.testing.assert_allclose(normalise(h, "sqrt"), [[0.5, np.sqrt(0.75), 0]])
+    np.testing.assert_allclose(np.linalg.norm(normalise(h, "l2")), 1.0)
+    with pytest.raises(UserError):
+        normalise(h, "l3")
