@@ -119,7 +119,7 @@ class DescriptorStore:
 
 
 def _store_dir(split, p: SiftParams) -> Path:
-    return cache_dir("sift") / f"{split.fingerprint}-{vocab_key(**p.key())}"
+    return cache_dir("sift") / f"{split.cache_key}-{vocab_key(**p.key())}"
 
 
 def _cache_budget_bytes() -> float:
@@ -224,7 +224,7 @@ def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=No
     last) never re-encodes.
     """
     raw = {k: v for k, v in enc.items() if k != "hist_norm"}
-    key = vocab_key(split=split.fingerprint, sift=p.key(), vocab=digest(centres), **raw)
+    key = vocab_key(split=split.cache_key, sift=p.key(), vocab=digest(centres), **raw)
     path = cache_dir("bow") / f"{key}.npy"
     if path.is_file():
         try:
@@ -340,7 +340,7 @@ class BowSift(Method):
         # --- vocabulary
         t0 = time.perf_counter()
         pv = replace(p, step=max(p.step, int(self.vocab_step)))
-        vkey = vocab_key(train=split.fingerprint, sift=pv.key(), rootsift=bool(self.rootsift),
+        vkey = vocab_key(train=split.cache_key, sift=pv.key(), rootsift=bool(self.rootsift),
                          k=int(self.vocab_size), sample=int(self.vocab_sample), kmeans=km_backend,
                          iters=int(self.kmeans_iter), seed=int(self.seed))
         centres = load_vocabulary(vkey)

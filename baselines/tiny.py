@@ -109,7 +109,7 @@ def tiny_images(
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise UserError(f"tiny-image size must be a positive integer, got {size!r}")
     _check_backend(joblib_backend)
-    key = f"{split.fingerprint}-s{int(size)}-c{int(bool(crop))}-v{_CACHE_VERSION}"
+    key = f"{split.cache_key}-s{int(size)}-c{int(bool(crop))}-v{_CACHE_VERSION}"
     if cache:
         with _mem_lock:
             hit = _mem_cache.get(key)
@@ -201,7 +201,7 @@ class _TinyBase(Method):
 
     def _feature_key(self, split: Split) -> str:
         """Names a split's feature matrix (for the k-NN neighbour cache)."""
-        return (f"tiny-v{_CACHE_VERSION}:{split.fingerprint}:{self.size}:{int(bool(self.crop))}:"
+        return (f"tiny-v{_CACHE_VERSION}:{split.cache_key}:{self.size}:{int(bool(self.crop))}:"
                 f"{int(bool(self.zero_mean))}:{self.norm}")
 
     def _features(self, split: Split) -> tuple[np.ndarray, float, bool]:

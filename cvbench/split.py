@@ -7,7 +7,9 @@ that names exactly which files and labels a run saw.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,23 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @functools.cached_property
+    def cache_key(self) -> str:
+        """Key for caches of anything computed from the pixels: the fingerprint plus each
+        file's size and modification time, so a file replaced under the same name (or two
+        datasets with the same relative names) never reads another's cached features.
+        Records keep using `fingerprint`, which is stable across copies of the data."""
+        if not isinstance(self.items, np.ndarray) or self.items.dtype != object:
+            return self.fingerprint
+        h = hashlib.sha256(self.fingerprint.encode())
+        for p in self.items:
+            try:
+                st = os.stat(p)
+                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+            except OSError:
+                h.update(b"missing;")
+        return h.hexdigest()[:16]
 
     @property
     def in_memory(self) -> bool:

@@ -391,7 +391,7 @@ class DeepClassifier(Method, TrainHooks):
     def _run_hash(self, split: Split, val: Split | None) -> str:
         params = self.run_key_params(key_params(self))
         blob = json.dumps([type(self).__module__, type(self).__qualname__, params, int(self.seed),
-                           split.fingerprint, val.fingerprint if val is not None else None],
+                           split.cache_key, val.cache_key if val is not None else None],
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -531,7 +531,7 @@ def _decoded_cache(split: Split, size: int, n_jobs: int | None) -> np.ndarray:
 
     Images are squashed to size x size (aspect not kept), as the studies did.
     """
-    path = Path(cache_dir("pixels")) / f"{split.fingerprint}-{size}.npy"
+    path = Path(cache_dir("pixels")) / f"{split.cache_key}-{size}.npy"
     if path.is_file():
         try:
             arr = np.load(path, mmap_mode="r" if path.stat().st_size > 2e9 else None)

@@ -167,7 +167,7 @@ def _fit_key(method, split: Split) -> str:
 
     params = {k: v for k, v in method.get_params(deep=False).items()
               if k not in ("test_occlusion", "device", "n_jobs")}
-    return json.dumps([type(method).__qualname__, split.fingerprint, params], sort_keys=True,
+    return json.dumps([type(method).__qualname__, split.cache_key, params], sort_keys=True,
                       default=str)
 
 

@@ -380,7 +380,7 @@ def test_path_split_is_decoded_once_at_image_size(tmp_path):
     m = TinyClassifier(image_size=10, n_jobs=1)
     pixels = m.pixels(split)
     assert pixels.shape == (6, 10, 10, 3) and pixels.dtype == np.uint8
-    cached = cache_dir("pixels") / f"{split.fingerprint}-10.npy"
+    cached = cache_dir("pixels") / f"{split.cache_key}-10.npy"
     assert cached.is_file()
     assert np.array_equal(np.load(cached), pixels)
     full = TinyClassifier(image_size=20).pixels(split)

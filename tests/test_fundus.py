@@ -116,7 +116,7 @@ def test_exposure_screen_and_counts(tmp_path):
     assert status[0] == "under" and set(status[1:]) == {"ok"}
     assert fundus.exposure_counts(status) == {"checked": 6, "under": 1, "over": 0}
     assert list(fundus.exposure_screen(split)) == list(status)  # second call from the cache
-    assert list(fundus.cache_dir("fundus").glob(f"exposure-{split.fingerprint}-*.npz"))
+    assert list(fundus.cache_dir("fundus").glob(f"exposure-{split.cache_key}-*.npz"))
 
 
 def test_prepare_fundus_in_memory_and_cached(tmp_path):
@@ -127,7 +127,7 @@ def test_prepare_fundus_in_memory_and_cached(tmp_path):
     assert list(prepared.groups["patient"]) == list(split.groups["patient"])
     assert prepared.meta["preprocess"] == "fundus crop+ben at 32x32"
     assert prepared.fingerprint != split.fingerprint
-    cached = list(fundus.cache_dir("fundus").glob(f"prepared-{split.fingerprint}-*.npz"))
+    cached = list(fundus.cache_dir("fundus").glob(f"prepared-{split.cache_key}-*.npz"))
     assert len(cached) == 1
     again = fundus.prepare_fundus(split, 32, "crop+ben")
     assert np.array_equal(again.items, prepared.items)

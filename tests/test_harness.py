@@ -306,3 +306,18 @@ def test_parallel_appends_lose_no_record(tmp_path):
 def _append_one(args):
     root, i = args
     append_record({"key": str(i), "task": "demo", "metrics": {"accuracy": i / 24}}, root)
+
+
+def test_cache_key_sees_replaced_files_fingerprint_does_not(tmp_path):
+    from PIL import Image
+
+    def make(folder, value):
+        folder.mkdir()
+        Image.fromarray(np.full((8, 8), value, np.uint8)).save(folder / "a.png")
+        return Split([folder / "a.png"], [0], ("c",), "x/train", root=str(folder))
+
+    one, two = make(tmp_path / "one", 10), make(tmp_path / "two", 200)
+    assert one.fingerprint == two.fingerprint  # same relative names and labels: same data id
+    Image.fromarray(np.full((9, 9), 200, np.uint8)).save(tmp_path / "two" / "a.png")
+    two = Split([tmp_path / "two" / "a.png"], [0], ("c",), "x/train", root=str(tmp_path / "two"))
+    assert one.cache_key != two.cache_key  # but caches of pixels must not be shared

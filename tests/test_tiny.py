@@ -102,7 +102,7 @@ def test_disk_cache_and_parallel_backends(tmp_path, monkeypatch):
     again = tiny_images(split, size=8, n_jobs=2, joblib_backend="threading")
     assert calls == []
     np.testing.assert_array_equal(again, serial)
-    assert list(cache_dir("tiny").glob(f"{split.fingerprint}-s8-c0-*.npy"))
+    assert list(cache_dir("tiny").glob(f"{split.cache_key}-s8-c0-*.npy"))
 
 
 def test_bad_parameters_are_user_errors(tmp_path):

@@ -156,7 +156,7 @@ def exposure_screen(split: Split, max_side: int = 256, skip_bad: bool = True) ->
     essentially unchanged while a 5184x3456 JPEG decodes in draft mode."""
     if split.in_memory:
         return np.array([exposure_status(split.items[i]) for i in range(len(split))], dtype=object)
-    path = _cache_path("exposure", split.fingerprint, {"max_side": max_side})
+    path = _cache_path("exposure", split.cache_key, {"max_side": max_side})
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return z["status"].astype(object)
@@ -195,7 +195,7 @@ def prepare_fundus(split: Split, size: int, mode: str = "crop", threshold: int =
         arr = np.stack([preprocess_fundus(split.image(i, "rgb"), size, mode, threshold)
                         for i in range(len(split))]) if len(split) else np.zeros((0, size, size, 3), np.uint8)
         return replace(split, items=arr, meta=meta, fingerprint="")
-    path = _cache_path("prepared", split.fingerprint, params)
+    path = _cache_path("prepared", split.cache_key, params)
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             arr, bad = z["images"], int(z["bad"])

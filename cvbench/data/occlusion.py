@@ -286,7 +286,7 @@ def occluded_split(
             return p.as_posix()
 
     h = hashlib.sha256(json.dumps(
-        [split.fingerprint, seed, fill, [Path(m).name for m in mask_paths], max_side],
+        [split.cache_key, seed, fill, [Path(m).name for m in mask_paths], max_side],
     ).encode()).hexdigest()[:16]
     meta = {**split.meta, "occlusion": {"source": source, "fill": fill, "seed": seed}}
     new_name = name or f"{split.name}+occluded"
