@@ -11,7 +11,7 @@ import pytest
 from cvbench import cli
 from cvbench.errors import UserError
 from cvbench.leaderboard import render_all
-from cvbench.methods import Method, create_method, register_method
+from cvbench.methods import Method, create_method, get_method_spec, register_method
 from cvbench.results import append_record, load_records, results_path, run_key
 from cvbench.run import RunOptions, RunSpec, run_one
 from cvbench.split import Split, carve_validation, per_class_limit
@@ -321,3 +321,17 @@ def test_cache_key_sees_replaced_files_fingerprint_does_not(tmp_path):
     Image.fromarray(np.full((9, 9), 200, np.uint8)).save(tmp_path / "two" / "a.png")
     two = Split([tmp_path / "two" / "a.png"], [0], ("c",), "x/train", root=str(tmp_path / "two"))
     assert one.cache_key != two.cache_key  # but caches of pixels must not be shared
+
+
+@pytest.mark.parametrize("task_name", ["demo", "scene15", "cifar10", "fairface", "retinopathy", "hotelid"])
+def test_committed_suites_build_every_method(task_name):
+    """Every run of every committed suite names a registered method with valid parameters."""
+    task = get_task(task_name)
+    suite = load_suite(task.suite_path(), task.name)
+    for quick in (False, True):
+        specs = suite.specs(quick=quick)
+        assert specs or quick
+        for spec in specs:
+            create_method(spec.method, **spec.params)
+    families = {get_method_spec(b.method).family for b in suite.blocks}
+    assert "classical" in families and "deep" in families  # both families on every task
