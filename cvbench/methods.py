@@ -167,3 +167,58 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     return v
+
+
+def method_variant(
+    base: type,
+    name: str | None = None,
+    doc: str | None = None,
+    defaults: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    validate=None,
+    namespace: dict[str, Any] | None = None,
+) -> type:
+    """A subclass of method class `base` with new defaults and extra parameters, without
+    retyping base's signature (which scikit-learn's get_params reads).
+
+    defaults:  new defaults for base's own parameters (or for names in `extra`)
+    extra:     new parameters {name: default}, stored as attributes after base.__init__
+    validate:  called with {extra name: value} before base.__init__ (raise UserError)
+    namespace: methods of the subclass (fit, predict_scores, ...); they may call base's
+    """
+    defaults, extra = dict(defaults or {}), dict(extra or {})
+    P = inspect.Parameter
+    params = [p for n, p in inspect.signature(base.__init__).parameters.items() if n != "self"]
+    bad = [p.name for p in params if p.kind not in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+    if bad:
+        raise TypeError(f"{base.__name__}.__init__ takes *args/**kwargs ({bad}); cannot extend it")
+    names = {p.name for p in params}
+    own = [k for k in extra if k not in names]
+    unknown = sorted(set(defaults) - names - set(own))
+    if unknown:
+        raise TypeError(f"{base.__name__} has no parameter(s) {unknown}")
+    extra.update({k: v for k, v in defaults.items() if k in own})
+    signature = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)]
+        + [p.replace(kind=P.POSITIONAL_OR_KEYWORD, default=defaults.get(p.name, p.default))
+           for p in params]
+        + [P(k, P.POSITIONAL_OR_KEYWORD, default=extra[k]) for k in own]
+    )
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        values.pop("self")
+        mine = {k: values.pop(k) for k in own}
+        if validate is not None:
+            validate(mine)
+        base.__init__(self, **values)
+        for k, v in mine.items():
+            setattr(self, k, v)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    cls_name = name or f"{base.__name__}Variant"
+    body = {"__init__": __init__, "__doc__": doc or base.__doc__, "__module__": base.__module__,
+            "__qualname__": cls_name, **(namespace or {})}
+    return type(cls_name, (base,), body)

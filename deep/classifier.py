@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from cvbench.atomic import atomic_open
 from cvbench.errors import BadImageError, UserError
-from cvbench.methods import Method, key_params, register_method
+from cvbench.methods import Method, key_params, method_variant, register_method
 from cvbench.paths import cache_dir
 from cvbench.split import Split, carve_validation
 
@@ -556,29 +556,10 @@ def with_params(base: type, name: str | None = None, doc: str | None = None, **d
             ...
     New parameters are stored as attributes like the others (scikit-learn get_params sees them).
     """
-    sig = inspect.signature(base.__init__)
-    params = list(sig.parameters.values())
-    known = {p.name for p in params}
-    new = [p.replace(default=defaults[p.name]) if p.name in defaults else p for p in params]
-    new += [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v)
-            for k, v in defaults.items() if k not in known]
-    new_sig = sig.replace(parameters=new)
-    base_init = base.__init__
-    extra = [k for k in defaults if k not in known]
-
-    def __init__(self, *args, **kwargs):
-        bound = new_sig.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        values.pop("self")
-        base_init(self, **{k: v for k, v in values.items() if k not in extra})
-        for k in extra:
-            setattr(self, k, values[k])
-
-    __init__.__signature__ = new_sig  # type: ignore[attr-defined]
-    cls_name = name or f"{base.__name__}Variant"
-    return type(cls_name, (base,), {"__init__": __init__, "__doc__": doc or base.__doc__,
-                                    "__module__": base.__module__, "__qualname__": cls_name})
+    known = set(inspect.signature(base.__init__).parameters)
+    return method_variant(base, name=name, doc=doc,
+                          defaults={k: v for k, v in defaults.items() if k in known},
+                          extra={k: v for k, v in defaults.items() if k not in known})
 
 
 def register_variant(name: str, description: str, base: type = DeepClassifier, **defaults: Any) -> type:

@@ -41,7 +41,7 @@ from cvbench.data.occlusion import (
     with_occluded_copy,
 )
 from cvbench.errors import UserError
-from cvbench.methods import get_method_spec, register_method
+from cvbench.methods import get_method_spec, method_variant, register_method
 from cvbench.split import Split
 
 OCCLUSION_MODES = ("none", "masks")
@@ -58,44 +58,19 @@ def with_occlusion(base: type, defaults: dict[str, Any] | None = None) -> type:
     """A subclass of method class `base` with train_occlusion / test_occlusion /
     occlusion_fill / occlusion_p parameters (see the module docstring); `defaults` override
     the base's defaults. Declares `seed` when the base does not (it seeds the occluded copy)."""
-    defaults = dict(defaults or {})
-    params = [p for n, p in inspect.signature(base.__init__).parameters.items() if n != "self"]
-    bad = [p.name for p in params if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if bad:
-        raise TypeError(f"{base.__name__}.__init__ takes *args/**kwargs ({bad}); cannot wrap it")
-    names = [p.name for p in params]
+    names = set(inspect.signature(base.__init__).parameters)
     extra: dict[str, Any] = {"train_occlusion": "none", "test_occlusion": "none",
                              "occlusion_fill": "red", "occlusion_p": 0.5}
     if "seed" not in names:
         extra["seed"] = 0
-    unknown = sorted(set(defaults) - set(names) - set(extra))
-    if unknown:
-        raise TypeError(f"{base.__name__} has no parameter(s) {unknown}")
-    extra.update({k: v for k, v in defaults.items() if k in extra})
-    P = inspect.Parameter
-    signature = inspect.Signature(
-        [P("self", P.POSITIONAL_OR_KEYWORD)]
-        + [p.replace(kind=P.POSITIONAL_OR_KEYWORD, default=defaults.get(p.name, p.default)) for p in params]
-        + [P(k, P.POSITIONAL_OR_KEYWORD, default=v) for k, v in extra.items()]
-    )
     per_batch = callable(getattr(base, "augment_batch", None))
 
-    def __init__(self, **kwargs):
-        bound = signature.bind(self, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        values.pop("self")
-        own = {k: values.pop(k) for k in list(values) if k in extra}
+    def validate(own: dict[str, Any]) -> None:
         _check("train_occlusion", own["train_occlusion"], OCCLUSION_MODES)
         _check("test_occlusion", own["test_occlusion"], OCCLUSION_MODES)
         _check("occlusion_fill", own["occlusion_fill"], FILLS)
         if not 0.0 <= float(own["occlusion_p"]) <= 1.0:
             raise UserError(f"occlusion_p must be in [0, 1], got {own['occlusion_p']!r}")
-        base.__init__(self, **values)
-        for k, v in own.items():
-            setattr(self, k, v)
-
-    __init__.__signature__ = signature  # what scikit-learn's get_params reads
 
     def fit(self, split: Split):
         reuse_key = _fit_key(self, split)
@@ -144,15 +119,16 @@ def with_occlusion(base: type, defaults: dict[str, Any] | None = None) -> type:
             self.info_ = info
         return base.predict_scores(self, split)
 
-    body = {"__init__": __init__, "fit": fit, "predict_scores": predict_scores,
-            "__module__": __name__}
+    body = {"fit": fit, "predict_scores": predict_scores}
     if per_batch:
         body["augment_batch"] = augment_batch
-    body["__doc__"] = (
+    doc = (
         f"{(base.__doc__ or base.__name__).strip().splitlines()[0]} With pasted occlusion "
         "masks in training (train_occlusion) and/or on the test images (test_occlusion)."
     )
-    cls = type(f"Occluded{base.__name__}", (base,), body)
+    cls = method_variant(base, name=f"Occluded{base.__name__}", doc=doc, defaults=defaults,
+                         extra=extra, validate=validate, namespace=body)
+    cls.__module__ = __name__
     globals()[cls.__name__] = cls  # picklable by its qualified name
     return cls
 

@@ -335,3 +335,21 @@ def test_committed_suites_build_every_method(task_name):
             create_method(spec.method, **spec.params)
     families = {get_method_spec(b.method).family for b in suite.blocks}
     assert "classical" in families and "deep" in families  # both families on every task
+
+
+def test_method_variant_defaults_extra_params_and_validation():
+    from cvbench.methods import method_variant
+
+    def check(own):
+        if own["margin"] < 0:
+            raise UserError("margin must be >= 0")
+
+    Variant = method_variant(NearestMean, name="Shrunk", defaults={"shrink": 0.5},
+                             extra={"margin": 1.0}, validate=check)
+    m = Variant(margin=2.0)
+    assert m.get_params() == {"shrink": 0.5, "seed": 0, "margin": 2.0}
+    assert isinstance(m, NearestMean) and Variant.__qualname__ == "Shrunk"
+    with pytest.raises(UserError, match="margin"):
+        Variant(margin=-1.0)
+    with pytest.raises(TypeError, match="no parameter"):
+        method_variant(NearestMean, defaults={"nope": 1})

@@ -344,40 +344,12 @@ def with_composition(base: type, defaults: dict[str, Any] | None = None) -> type
     """
     import inspect
 
-    defaults = dict(defaults or {})
-    base_sig = inspect.signature(base.__init__)
-    params = [p for name, p in base_sig.parameters.items() if name != "self"]
-    bad = [p.name for p in params if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if bad:
-        raise TypeError(f"{base.__name__}.__init__ takes *args/**kwargs ({bad}); cannot wrap it")
-    base_names = [p.name for p in params]
-    unknown = sorted(set(defaults) - set(base_names) - set(COMPOSITION_PARAMS))
-    if unknown:
-        raise TypeError(f"{base.__name__} has no parameter(s) {unknown}")
+    from cvbench.methods import method_variant
+
+    base_names = set(inspect.signature(base.__init__).parameters)
     extra = {"composition": "natural", "composition_total": 0, "composition_key": "race"}
     if "seed" not in base_names:
         extra["seed"] = 0
-    extra.update({k: v for k, v in defaults.items() if k in extra})
-    P = inspect.Parameter
-    new_params = [P("self", P.POSITIONAL_OR_KEYWORD)]
-    new_params += [
-        p.replace(kind=P.POSITIONAL_OR_KEYWORD, default=defaults.get(p.name, p.default))
-        for p in params
-    ]
-    new_params += [P(k, P.POSITIONAL_OR_KEYWORD, default=v) for k, v in extra.items()]
-    signature = inspect.Signature(new_params)
-
-    def __init__(self, **kwargs):
-        bound = signature.bind(self, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        values.pop("self")
-        own = {k: values.pop(k) for k in list(values) if k in extra}
-        base.__init__(self, **values)
-        for k, v in own.items():
-            setattr(self, k, v)
-
-    __init__.__signature__ = signature  # what scikit-learn's get_params reads
 
     def fit(self, split: Split):
         total = int(self.composition_total or 0) or None
@@ -393,11 +365,8 @@ def with_composition(base: type, defaults: dict[str, Any] | None = None) -> type
         f"{(base.__doc__ or base.__name__).strip().splitlines()[0]} Trained on a composition "
         "(natural / biased / balanced / 'Race=pct,...') of the training split at equal size."
     )
-    return type(
-        f"Composed{base.__name__}",
-        (base,),
-        {"__init__": __init__, "fit": fit, "__doc__": doc, "__module__": base.__module__},
-    )
+    return method_variant(base, name=f"Composed{base.__name__}", doc=doc, defaults=defaults,
+                          extra=extra, namespace={"fit": fit})
 
 
 # ---------------------------------------------------------------------------------------------
