@@ -428,7 +428,10 @@ def render_all(root: Path | None = None, tasks: list[Task] | None = None) -> Pat
     if not is_main_process():
         return root / "index.md"
     records = {t.name: load_records(t.name, root) for t in tasks}
+    import shutil
+
     for t in tasks:
+        shutil.rmtree(root / "figures" / t.name, ignore_errors=True)  # no stale figures survive
         atomic_write_text(root / f"{t.name}.md", render_task(t, records[t.name], root))
     index = root / "index.md"
     atomic_write_text(index, render_index(tasks, records))
