@@ -81,11 +81,7 @@ def cmd_data(args) -> int:
     if args.action == "fixture":
         if not args.dest:
             raise UserError("`cvbench data fixture TASK DEST` needs a destination folder")
-        make = task.extras.get("make_fixture")
-        if make is None:
-            raise UserError(f"task {task.name!r} has no generated fixture; only tasks without "
-                            "downloadable data have one")
-        print(make(Path(args.dest)))
+        print(task.make_fixture(Path(args.dest)))
         return 0
     raise UserError(f"unknown data action {args.action!r}")
 

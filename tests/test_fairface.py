@@ -300,7 +300,7 @@ def test_generated_fixture_joint_model_scores_gender_and_age(tmp_path):
     from cvbench.tasks import get_task
 
     task = get_task("fairface")
-    msg = task.extras["make_fixture"](tmp_path)
+    msg = task.make_fixture(tmp_path)
     assert "GENERATED FIXTURE" in msg
     train, test = task.load_splits(tmp_path)
     assert train.meta["variant"].startswith("GENERATED FIXTURE") and (len(train), len(test)) == (56, 28)

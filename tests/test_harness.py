@@ -353,3 +353,8 @@ def test_method_variant_defaults_extra_params_and_validation():
         Variant(margin=-1.0)
     with pytest.raises(TypeError, match="no parameter"):
         method_variant(NearestMean, defaults={"nope": 1})
+
+
+def test_fixture_only_for_tasks_that_have_one(capsys, tmp_path):
+    assert cli.main(["data", "fixture", "demo", str(tmp_path)]) == 2
+    assert "has no generated fixture" in capsys.readouterr().err

@@ -191,7 +191,7 @@ def test_task_registration_and_fixture_command(tmp_path):
     task = get_task("hotelid")
     assert task.primary == "map5" and set(task.metrics) == {"map5", "topk"}
     assert "kaggle competitions download -c hotel-id-to-combat-human-trafficking-2022-fgvc9" in task.fetch_help
-    msg = task.extras["make_fixture"](tmp_path / "root", seed=0, **TINY)
+    msg = task.make_fixture(tmp_path / "root", seed=0, **TINY)
     assert (tmp_path / "root" / "hotelid" / FIXTURE_MARKER).is_file() and "--data-dir" in msg
     train, test = task.load_splits(tmp_path / "root")
     assert "GENERATED FIXTURE" in test.meta["variant"]

@@ -106,7 +106,7 @@ def test_aptos_reader_each_image_its_own_group(tmp_path):
 
 
 def test_generated_fixture_is_labelled(tmp_path):
-    make = get_task("retinopathy").extras["make_fixture"]
+    make = get_task("retinopathy").make_fixture
     assert "GENERATED FIXTURE" in make(tmp_path)
     train, test = load_retinopathy(tmp_path / "retinopathy")
     assert len(train) + len(test) == 80

@@ -68,6 +68,22 @@ class Task:
             )
         return self.load(path, seed=seed, skip_bad=skip_bad)
 
+    def make_fixture(self, dest, **kwargs) -> str:
+        """`cvbench data fixture TASK DEST`: write generated stand-in data (extras
+        "generate_fixture"(folder, **kwargs)) to DEST/<folder>, or DEST itself when it already
+        has the task's folder name; returns the sentence saying what was written and how to
+        run it. Readers label such data "GENERATED FIXTURE" in its variant."""
+        generate = self.extras.get("generate_fixture")
+        if generate is None:
+            raise UserError(f"task {self.name!r} has no generated fixture; only tasks whose data "
+                            "is not downloadable here have one")
+        dest = Path(dest)
+        folder = dest if dest.name == self.folder else dest / self.folder
+        generate(folder, **kwargs)
+        note = self.extras.get("fixture_note", "synthetic images")
+        return (f"wrote a GENERATED FIXTURE ({note}) in the {self.name} layout to {folder}; "
+                f"run it with `cvbench suite {self.name} --data-dir {folder.parent}`")
+
     def has_data(self, data_dir=None) -> bool:
         return not self.folder or self.data_path(data_dir).is_dir()
 

@@ -427,14 +427,6 @@ def _confusion_pair_png(biased: dict, balanced: dict, figures_dir: Path, title: 
     return name
 
 
-def _make_fixture(dest: Path, **kwargs: Any) -> str:
-    """`cvbench data fixture fairface DEST`: a tiny synthetic FairFace-layout folder."""
-    dest = Path(dest)
-    folder = generate_fixture(dest if dest.name == "fairface" else dest / "fairface", **kwargs)
-    return (f"wrote a GENERATED FIXTURE (synthetic colour patches, not faces) in the FairFace "
-            f"layout to {folder}; run it with `cvbench suite fairface --quick --data-dir {folder.parent}`")
-
-
 register_task(Task(
     name="fairface",
     title="FairFace race classification (7 groups): biased vs balanced training, per-group disparity",
@@ -461,5 +453,6 @@ register_task(Task(
         "'Race=pct,...') drawn at one common size, so a biased-vs-balanced difference is never "
         "a training-set-size difference; see cvbench/data/fairface.py."
     ),
-    extras={"page_sections": page_sections, "make_fixture": _make_fixture},
+    extras={"page_sections": page_sections, "generate_fixture": generate_fixture,
+            "fixture_note": 'synthetic colour patches, not faces'},
 ))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -149,16 +148,6 @@ def page_sections(records: list[dict], figures_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _make_fixture(dest: Path, **kwargs: Any) -> str:
-    """`cvbench data fixture hotelid DEST`: write the generated fixture as DEST/hotelid (or
-    into DEST itself when it is named hotelid), ready for `--data-dir`."""
-    dest = Path(dest)
-    folder = dest if dest.name == "hotelid" else dest / "hotelid"
-    generate_fixture(folder, **kwargs)
-    return (f"wrote the {FIXTURE_LABEL} to {folder} (Hotel-ID 2022 layout); run it with "
-            f"`cvbench suite hotelid --data-dir {folder.parent}`")
-
-
 register_task(Task(
     name="hotelid",
     title="Hotel recognition with and without occlusion masks (Hotel-ID 2022, FGVC9)",
@@ -175,5 +164,6 @@ register_task(Task(
         "images per hotel (seeded; every test hotel keeps training images). Runs whose data "
         "line says GENERATED FIXTURE used synthetic rooms, not Hotel-ID photographs."
     ),
-    extras={"page_sections": page_sections, "make_fixture": _make_fixture},
+    extras={"page_sections": page_sections, "generate_fixture": generate_fixture,
+            "fixture_note": 'synthetic rooms, NOT Hotel-ID data'},
 ))

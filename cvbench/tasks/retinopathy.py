@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.retinopathy import FIXTURE_LABEL, GRADES, LAYOUT, generate_fixture, load_retinopathy
+from ..data.retinopathy import GRADES, LAYOUT, generate_fixture, load_retinopathy
 from . import Task, register_task
 
 # Cited by the source study (SEEDS.md); other data, splits and resolutions: not our runs.
@@ -148,15 +148,6 @@ def page_sections(records: list[dict], figures_dir: Path) -> str:
     return "\n".join(out)
 
 
-def _make_fixture(dest: Path, **kwargs) -> str:
-    """`cvbench data fixture retinopathy DEST`: a synthetic EyePACS-layout set in DEST/retinopathy."""
-    dest = Path(dest)
-    folder = dest if dest.name == "retinopathy" else dest / "retinopathy"
-    generate_fixture(folder, **kwargs)
-    return (f"wrote the {FIXTURE_LABEL} to {folder} (Kaggle EyePACS layout); run it with "
-            f"`cvbench suite retinopathy --data-dir {folder.parent}`")
-
-
 register_task(Task(
     name="retinopathy",
     title="Diabetic-retinopathy grading (0-4), quadratic weighted kappa",
@@ -180,5 +171,6 @@ register_task(Task(
         "reader splits it 80/20 by patient, stratified by grade (seed 0); validation splits "
         "for model selection are carved from train by patient too."
     ),
-    extras={"page_sections": page_sections, "make_fixture": _make_fixture},
+    extras={"page_sections": page_sections, "generate_fixture": generate_fixture,
+            "fixture_note": 'synthetic fundus discs, NOT EyePACS photographs'},
 ))
