@@ -27,13 +27,15 @@ STUDY_CLAIMS = (
 
 
 def _f(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{float(x):.{digits}f}"
+    from ..leaderboard import fmt
+
+    return fmt(None if x is None else float(x), digits)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(out) + "\n"
+    from ..leaderboard import md_table
+
+    return md_table(header, rows)
 
 
 def page_sections(records: list[dict], figures_dir: Path) -> str:
