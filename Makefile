@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -c constraints.txt -e ".[dev,faiss]"
-	@$(MAKE) --no-print-directory vlfeat || echo "cvbench: cyvlfeat not installed; dense SIFT uses the OpenCV backend"
+	@$(MAKE) --no-print-directory vlfeat || echo "cvbench: cyvlfeat not installed; dense SIFT uses the numpy re-implementation of VLFeat's dsift"
 	@touch $(STAMP)
 
 # Optional: VLFeat's dense SIFT. Needs Debian's libvlfeat-dev (installed when we are root and apt

@@ -40,7 +40,7 @@ from cvbench.paths import cache_dir
 from .classifiers import CLASSIFIERS, make_classifier
 from .encode import (
     ENCODINGS,
-    assign_hard,
+    assign_descriptors,
     assign_soft,
     normalise,
     pyramid_dim,
@@ -206,11 +206,10 @@ def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
     with _limit_threads():
         for i in idx:
             frames, desc, shape = store.get(i) if store else _extract(split, i, p)
-            X = transform_descriptors(desc, enc["rootsift"])
             if enc["encoding"] == "soft":
-                votes = assign_soft(X, centres, enc["sigma"])
+                votes = assign_soft(transform_descriptors(desc, enc["rootsift"]), centres, enc["sigma"])
             else:
-                votes = assign_hard(X, centres)
+                votes = assign_descriptors(desc, centres, enc["rootsift"])
             out.append(pyramid_histogram(frames[:, :2], shape, votes, K, enc["levels"], "none"))
             n_desc += len(desc)
     return out, n_desc

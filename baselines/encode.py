@@ -1,7 +1,12 @@
 """Bag-of-words encodings: word assignment, (spatial pyramid) histograms, normalisation.
 
 Assignment is a BLAS nearest-centre search: argmin_k |c_k|^2 - 2 x.c_k (|x|^2 is the same
-for every k), in row chunks so memory stays bounded at step 1. Soft assignment is the kernel
+for every k), in row chunks so memory stays bounded at step 1. ``assign_descriptors`` does it
+straight from uint8 SIFT descriptors: with x = y / |y| (y the descriptor, or its square root
+for RootSIFT), argmin_k |c_k|^2 - 2 x.c_k = argmin_k |y| |c_k|^2 - 2 y.c_k, which is one GEMM
+of [y, |y|] against [-2 C, |c|^2]^T per 1024-row block (the block's scores stay in L2 for the
+argmin). It gives the words of ``assign_hard(transform_descriptors(d))`` without building the
+normalised float matrix, ~1.6x faster at step 1 (tests/benchmarks/test_bench_sift.py). Soft assignment is the kernel
 codebook with codeword uncertainty (van Gemert et al. 2010): each descriptor spreads a unit
 vote over words with weights exp(-d^2 / 2 sigma^2), normalised per descriptor.
 
@@ -22,6 +27,7 @@ from cvbench.errors import UserError
 HIST_NORMS = ("l1", "l2", "sqrt", "none")
 ENCODINGS = ("hard", "soft")
 _CHUNK = 8192
+_ASSIGN_BLOCK = 1024  # rows per GEMM block: 1024 x 400 float32 scores fit in L2
 
 
 def pyramid_dim(vocab_size: int, levels: int) -> int:
@@ -56,6 +62,37 @@ def assign_hard(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
         g *= -2.0
         g += c2[None, :]
         out[s : s + _CHUNK] = g.argmin(axis=1)
+    return out
+
+
+def assign_descriptors(desc: np.ndarray, centres: np.ndarray, rootsift: bool = False) -> np.ndarray:
+    """Nearest-word index (int32) of every uint8 SIFT descriptor, as
+    ``assign_hard(transform_descriptors(desc, rootsift), centres)`` computes it (see the module
+    docstring); an all-zero descriptor gets the word nearest the origin, as there."""
+    desc = np.asarray(desc)
+    centres = np.asarray(centres, dtype=np.float32)
+    n, d = desc.shape
+    c2 = np.einsum("ij,ij->i", centres, centres)
+    aug = np.empty((d + 1, len(centres)), np.float32)
+    aug[:d] = -2.0 * centres.T
+    aug[d] = c2
+    out = np.empty(n, dtype=np.int32)
+    buf = np.empty((min(n, _ASSIGN_BLOCK), d + 1), np.float32)
+    scores = np.empty((len(buf), len(centres)), np.float32)
+    for s in range(0, n, _ASSIGN_BLOCK):
+        m = min(_ASSIGN_BLOCK, n - s)
+        y, norm = buf[:m, :d], buf[:m, d]
+        y[...] = desc[s : s + m]
+        if rootsift:
+            np.sqrt(y, out=y)
+            np.sqrt(desc[s : s + m].sum(axis=1, dtype=np.float32), out=norm)  # |sqrt(d)| = sqrt(sum d)
+        else:
+            np.sqrt(np.einsum("ij,ij->i", y, y), out=norm)
+        np.matmul(buf[:m], aug, out=scores[:m])
+        out[s : s + m] = scores[:m].argmin(axis=1)
+    zero = ~desc.any(axis=1)
+    if zero.any():
+        out[zero] = int(c2.argmin())
     return out
 
 

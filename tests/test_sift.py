@@ -7,6 +7,7 @@ import pytest
 
 from cvbench.baselines import sift as S
 from cvbench.baselines.encode import (
+    assign_descriptors,
     assign_hard,
     assign_soft,
     normalise,
@@ -16,7 +17,7 @@ from cvbench.baselines.encode import (
 )
 from cvbench.errors import UserError
 
-BACKENDS = ["opencv"] + (["vlfeat"] if S.vlfeat_available() else [])
+BACKENDS = ["opencv", "numpy"] + (["vlfeat"] if S.vlfeat_available() else [])
 
 
 def _texture(h: int = 97, w: int = 131, seed: int = 0) -> np.ndarray:
@@ -74,6 +75,41 @@ def test_backends_agree(scales):
     assert cos.mean() > 0.95, cos.mean()
 
 
+@pytest.mark.parametrize("step,scales,contrast", [(1, None, 0.0), (3, None, 0.005), (2, "4,6,8,10", 0.0),
+                                                  (4, "5,7", 0.005)])
+def test_numpy_backend_reproduces_vlfeat(real_scene_or_texture, step, scales, contrast):
+    """The numpy re-implementation gives VLFeat's descriptors: same frames, same zeroed
+    low-contrast descriptors, bytes equal or off by one (float rounding), nearly all equal."""
+    if "vlfeat" not in BACKENDS:
+        pytest.skip("cyvlfeat not installed: nothing to compare the numpy backend with")
+    img = real_scene_or_texture
+    out = {}
+    for be in ("vlfeat", "numpy"):
+        out[be] = S.dense_sift(img, S.make_sift_params(step=step, scales=scales, backend=be,
+                                                       contrast_threshold=contrast))
+    (fv, dv, sv), (fn, dn, sn) = out["vlfeat"], out["numpy"]
+    assert sv == sn
+    np.testing.assert_array_equal(fv, fn)
+    diff = np.abs(dv.astype(np.int16) - dn.astype(np.int16))
+    assert diff.max() <= 1
+    assert (diff == 0).mean() > 0.999, (diff == 0).mean()
+    np.testing.assert_array_equal(dv.any(axis=1), dn.any(axis=1))
+
+
+@pytest.fixture(params=["texture", pytest.param("scene15", marks=pytest.mark.realdata)])
+def real_scene_or_texture(request):
+    if request.param == "texture":
+        return _texture(90, 117, seed=5)
+    import cv2
+
+    from tests.conftest import task_data
+
+    folder = task_data(request.getfixturevalue("real_data"), "scene15") / "train" / "Coast"
+    files = sorted(folder.glob("*.jpg"))
+    assert files, f"no scene15 Coast images under {folder}"
+    return cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("hw", [(10, 10), (1, 1), (8, 200), (200, 3)])
 def test_images_smaller_than_window_are_reflect_padded(backend, hw):
@@ -121,6 +157,22 @@ def test_hard_assignment_matches_brute_force():
     W = assign_soft(X, C, sigma=0.5)
     np.testing.assert_allclose(W.sum(1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(W.argmax(1), brute)
+
+
+@pytest.mark.parametrize("rootsift", [False, True])
+def test_assign_descriptors_matches_normalise_then_assign(rootsift):
+    """Fused uint8 assignment == transform_descriptors + brute-force nearest centre, across
+    several GEMM blocks and with all-zero descriptors."""
+    rng = np.random.default_rng(7)
+    d = rng.integers(0, 256, (2600, 128)).astype(np.uint8)
+    d[rng.random(d.shape) < 0.7] = 0  # sparse, like SIFT
+    d[[0, 1500, 2599]] = 0
+    C = np.abs(rng.normal(size=(37, 128))).astype(np.float32)
+    C /= np.linalg.norm(C, axis=1, keepdims=True) * rng.uniform(1.0, 1.5, (37, 1)).astype(np.float32)
+    X = S.transform_descriptors(d, rootsift).astype(np.float64)
+    brute = ((X[:, None] - C[None].astype(np.float64)) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(assign_descriptors(d, C, rootsift), brute)
+    np.testing.assert_array_equal(assign_descriptors(d, C, rootsift), assign_hard(S.transform_descriptors(d, rootsift), C))
 
 
 @pytest.mark.parametrize("levels", [0, 1, 2, 3])

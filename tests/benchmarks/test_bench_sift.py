@@ -1,5 +1,6 @@
-"""Speed of the bag-of-SIFT stages: dense SIFT per image (both backends), vocabulary
-assignment, pyramid encoding, k-means; and (slow) the full scene15 pipeline at steps 4 and 1.
+"""Speed of the bag-of-SIFT stages: dense SIFT per image (every backend), vocabulary
+assignment (float rows, and fused from uint8 descriptors), pyramid encoding, k-means; and
+(slow) the full scene15 pipeline at steps 4 and 1.
 
 Nothing asserts on time. The quick cases run once in `make test`'s fast pass; the full
 pipeline ones are marked slow (run them with `make bench` or `-m slow --benchmark-enable`).
@@ -12,10 +13,10 @@ import numpy as np
 import pytest
 
 from cvbench.baselines import sift as S
-from cvbench.baselines.encode import assign_hard, pyramid_histogram
+from cvbench.baselines.encode import assign_descriptors, assign_hard, pyramid_histogram
 from cvbench.baselines.vocab import KMEANS_BACKENDS, faiss_available, kmeans
 
-BACKENDS = ["opencv"] + (["vlfeat"] if S.vlfeat_available() else [])
+BACKENDS = ["opencv", "numpy"] + (["vlfeat"] if S.vlfeat_available() else [])
 
 
 def _scene_like(h: int = 256, w: int = 256) -> np.ndarray:
@@ -54,6 +55,21 @@ def test_vocabulary_assignment(benchmark, n):
     benchmark.extra_info.update(n_descriptors=n, vocab=400)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_assignment_from_uint8_descriptors(benchmark, fused):
+    """One step-1 scene15-sized image (48k descriptors, 400 words): normalise to float then
+    assign, vs the fused uint8 GEMM. Compare the two rows of one run for the ratio."""
+    p = S.make_sift_params(step=1, bin_size=4, backend="numpy")
+    _, desc, _ = S.dense_sift(_scene_like(200, 253), p)
+    C = S.transform_descriptors(desc[:: max(1, len(desc) // 400)][:400], False)
+    if fused:
+        words = benchmark(assign_descriptors, desc, C, False)
+    else:
+        words = benchmark(lambda: assign_hard(S.transform_descriptors(desc, False), C))
+    assert words.shape == (len(desc),)
+    benchmark.extra_info.update(n_descriptors=len(desc), vocab=len(C), fused=fused)
+
+
 @pytest.mark.parametrize("levels", [0, 2])
 def test_pyramid_encoding(benchmark, levels):
     rng = np.random.default_rng(0)
@@ -75,8 +91,8 @@ def test_kmeans_backends(benchmark, backend):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-@pytest.mark.parametrize("step", [4, 1])
-def test_full_pipeline_scene15(benchmark, real_data, tmp_path, monkeypatch, step):
+@pytest.mark.parametrize("step,backend", [(4, "auto"), (4, "numpy"), (1, "numpy"), (1, "auto")])
+def test_full_pipeline_scene15(benchmark, real_data, tmp_path, monkeypatch, step, backend):
     """Cold-cache bag of SIFT k-NN on all 3000 scene15 images (extract, vocab, encode, classify)."""
     import resource
 
@@ -88,10 +104,11 @@ def test_full_pipeline_scene15(benchmark, real_data, tmp_path, monkeypatch, step
 
     def run():
         monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / f"cache-{np.random.randint(1 << 30)}"))
-        m = BowSift(step=step, vocab_size=400, hist_norm="sqrt", metric="l1", k=8, n_jobs=2).fit(train)
+        m = BowSift(step=step, backend=backend, vocab_size=400, hist_norm="sqrt", metric="l1", k=8,
+                    n_jobs=2).fit(train)
         acc = float((m.predict(test) == test.labels).mean())
         return m, acc
 
     m, acc = benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update(step=step, accuracy=acc, timings=m.info_["timings"],
+    benchmark.extra_info.update(step=step, backend=m.info_["backend"], accuracy=acc, timings=m.info_["timings"],
                                 peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
