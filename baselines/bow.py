@@ -40,13 +40,20 @@ from cvbench.paths import cache_dir
 from .classifiers import CLASSIFIERS, make_classifier
 from .encode import (
     ENCODINGS,
-    assign_descriptors,
+    assign_blocks,
     assign_soft,
     normalise,
     pyramid_dim,
     pyramid_histogram,
 )
-from .sift import SiftParams, dense_sift, make_sift_params, transform_descriptors
+from .sift import (
+    SiftParams,
+    dense_sift,
+    dense_sift_blocks,
+    make_sift_params,
+    transform_descriptors,
+    u8_blocks,
+)
 from .vocab import (
     digest,
     kmeans,
@@ -205,13 +212,19 @@ def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
     out, n_desc = [], 0
     with _limit_threads():
         for i in idx:
-            frames, desc, shape = store.get(i) if store else _extract(split, i, p)
             if enc["encoding"] == "soft":
+                frames, desc, shape = store.get(i) if store else _extract(split, i, p)
                 votes = assign_soft(transform_descriptors(desc, enc["rootsift"]), centres, enc["sigma"])
             else:
-                votes = assign_descriptors(desc, centres, enc["rootsift"])
+                if store:
+                    frames, desc, shape = store.get(i)
+                    blocks = u8_blocks(desc)
+                else:
+                    img = split.image(int(i), "gray", max_side=p.max_side)
+                    frames, blocks, shape = dense_sift_blocks(img, p)
+                votes = assign_blocks(blocks, len(frames), centres, enc["rootsift"])
             out.append(pyramid_histogram(frames[:, :2], shape, votes, K, enc["levels"], "none"))
-            n_desc += len(desc)
+            n_desc += len(frames)
     return out, n_desc
 
 

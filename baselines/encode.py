@@ -1,12 +1,15 @@
 """Bag-of-words encodings: word assignment, (spatial pyramid) histograms, normalisation.
 
 Assignment is a BLAS nearest-centre search: argmin_k |c_k|^2 - 2 x.c_k (|x|^2 is the same
-for every k), in row chunks so memory stays bounded at step 1. ``assign_descriptors`` does it
-straight from uint8 SIFT descriptors: with x = y / |y| (y the descriptor, or its square root
-for RootSIFT), argmin_k |c_k|^2 - 2 x.c_k = argmin_k |y| |c_k|^2 - 2 y.c_k, which is one GEMM
-of [y, |y|] against [-2 C, |c|^2]^T per 1024-row block (the block's scores stay in L2 for the
-argmin). It gives the words of ``assign_hard(transform_descriptors(d))`` without building the
-normalised float matrix, ~1.6x faster at step 1 (tests/benchmarks/test_bench_sift.py). Soft assignment is the kernel
+for every k), in row chunks so memory stays bounded at step 1. ``assign_blocks`` does it
+straight from SIFT byte values: with x = y / |y| (y the descriptor, or its square root for
+RootSIFT), argmin_k |c_k|^2 - 2 x.c_k = argmin_k |y| |c_k|^2 - 2 y.c_k, which is one GEMM of
+[y, |y|] against [-2 C, |c|^2]^T per block of 1024 descriptors (the block's scores stay in L2
+for the argmin). It gives the words of ``assign_hard(transform_descriptors(d))`` without
+building the normalised float matrix; with the numpy dense SIFT backend the blocks come
+straight from extraction (sift.dense_sift_blocks), so a step-1 image never exists as an
+(n, 128) matrix. Whichever way the blocks were made (extracted, or read from the descriptor
+cache), the GEMM sees the same layout, so the words do not depend on the cache state. Soft assignment is the kernel
 codebook with codeword uncertainty (van Gemert et al. 2010): each descriptor spreads a unit
 vote over words with weights exp(-d^2 / 2 sigma^2), normalised per descriptor.
 
@@ -27,7 +30,6 @@ from cvbench.errors import UserError
 HIST_NORMS = ("l1", "l2", "sqrt", "none")
 ENCODINGS = ("hard", "soft")
 _CHUNK = 8192
-_ASSIGN_BLOCK = 1024  # rows per GEMM block: 1024 x 400 float32 scores fit in L2
 
 
 def pyramid_dim(vocab_size: int, levels: int) -> int:
@@ -65,35 +67,46 @@ def assign_hard(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return out
 
 
-def assign_descriptors(desc: np.ndarray, centres: np.ndarray, rootsift: bool = False) -> np.ndarray:
-    """Nearest-word index (int32) of every uint8 SIFT descriptor, as
-    ``assign_hard(transform_descriptors(desc, rootsift), centres)`` computes it (see the module
-    docstring); an all-zero descriptor gets the word nearest the origin, as there."""
-    desc = np.asarray(desc)
+def assign_blocks(blocks, n: int, centres: np.ndarray, rootsift: bool = False) -> np.ndarray:
+    """Nearest-word index (int32) of n descriptors given as (slice, (128, m) float32 block of
+    byte values) pairs (sift.dense_sift_blocks / sift.u8_blocks). Same words as
+    ``assign_hard(transform_descriptors(desc, rootsift), centres)`` (see the module docstring);
+    an all-zero descriptor gets the word nearest the origin, as there."""
     centres = np.asarray(centres, dtype=np.float32)
-    n, d = desc.shape
+    K, d = centres.shape
     c2 = np.einsum("ij,ij->i", centres, centres)
-    aug = np.empty((d + 1, len(centres)), np.float32)
+    aug = np.empty((d + 1, K), np.float32)
     aug[:d] = -2.0 * centres.T
     aug[d] = c2
+    nearest_origin = int(c2.argmin())
     out = np.empty(n, dtype=np.int32)
-    buf = np.empty((min(n, _ASSIGN_BLOCK), d + 1), np.float32)
-    scores = np.empty((len(buf), len(centres)), np.float32)
-    for s in range(0, n, _ASSIGN_BLOCK):
-        m = min(_ASSIGN_BLOCK, n - s)
-        y, norm = buf[:m, :d], buf[:m, d]
-        y[...] = desc[s : s + m]
+    buf = scores = None
+    for sl, q in blocks:
+        m = q.shape[1]
+        if buf is None or buf.shape[1] < m:
+            buf = np.empty((d + 1, m), np.float32)
+            scores = np.empty((m, K), np.float32)
+        y = buf[:d, :m]
+        # sums of squared byte values are integers < 2^24: exact in float32 in any order
         if rootsift:
-            np.sqrt(y, out=y)
-            np.sqrt(desc[s : s + m].sum(axis=1, dtype=np.float32), out=norm)  # |sqrt(d)| = sqrt(sum d)
+            np.sqrt(q, out=y)
+            norm = np.sqrt(q.sum(axis=0))
         else:
-            np.sqrt(np.einsum("ij,ij->i", y, y), out=norm)
-        np.matmul(buf[:m], aug, out=scores[:m])
-        out[s : s + m] = scores[:m].argmin(axis=1)
-    zero = ~desc.any(axis=1)
-    if zero.any():
-        out[zero] = int(c2.argmin())
+            y[...] = q
+            norm = np.sqrt(np.einsum("ij,ij->j", q, q))
+        buf[d, :m] = norm
+        np.matmul(buf[:, :m].T, aug, out=scores[:m])
+        words = scores[:m].argmin(axis=1)
+        words[norm == 0] = nearest_origin
+        out[sl] = words
     return out
+
+
+def assign_descriptors(desc: np.ndarray, centres: np.ndarray, rootsift: bool = False) -> np.ndarray:
+    """``assign_blocks`` over uint8 descriptors (n, 128)."""
+    from .sift import u8_blocks
+
+    return assign_blocks(u8_blocks(np.asarray(desc)), len(desc), centres, rootsift)
 
 
 def assign_soft(X: np.ndarray, centres: np.ndarray, sigma: float) -> np.ndarray:

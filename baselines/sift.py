@@ -217,7 +217,7 @@ def _vlfeat_scale(im: np.ndarray, p: SiftParams, b: int, off: int):
 # ---- VLFeat's flat-window dense SIFT in numpy (backend "numpy"); see the module docstring
 
 _F32_EPS = np.float32(np.finfo(np.float32).eps)  # VL_EPSILON_F
-_NUMPY_CHUNK = 2048  # descriptors normalised per block (128 x 2048 floats stay in L2)
+BLOCK = 1024  # descriptors per block: 128 x 1024 floats, and 1024 x 400 word scores, fit in L2
 
 
 def _vl_fast_atan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -288,48 +288,96 @@ def _orientation_planes(im: np.ndarray, b: int) -> np.ndarray:
     return conv
 
 
-def _numpy_scale(im: np.ndarray, p: SiftParams, b: int, off: int):
+def _numpy_blocks(im: np.ndarray, p: SiftParams, b: int, off: int):
+    """Frames (n, 2) and a generator of (slice, block): the descriptors of one scale in
+    descriptor-major blocks (128, m) of float32 holding the final byte values (0..255)."""
     h, w = im.shape
     ys = grid_centres(h, p.step, b, off)
     xs = grid_centres(w, p.step, b, off)
     ny, nx = len(ys), len(xs)
-    if nx == 0 or ny == 0:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
-    conv = _orientation_planes(np.ascontiguousarray(im, np.float32), b)
-    win = [_window_mean(b, i) for i in range(4)]
-    step = p.step
-    out = np.empty((128, ny * nx), np.uint8)  # descriptor-major: every copy below is contiguous
-    rows_per = max(1, _NUMPY_CHUNK // nx)
-    buf = np.empty((4, 4, 8, rows_per, nx), np.float32)  # (bin y, bin x, orientation, frames)
-    contrast = np.empty(ny * nx, np.float32) if p.contrast_threshold > 0 else None
-    mass_scale = np.float32(b * b / float((3 * b + 1) ** 2))  # VLFeat's frame "norm"
-    for r0 in range(0, ny, rows_per):
-        nr = min(rows_per, ny - r0)
-        blk = buf[:, :, :, :nr]
-        for by in range(4):
-            y0 = off + by * b + r0 * step
-            rows = conv[:, y0 : y0 + (nr - 1) * step + 1 : step]
-            for bx in range(4):
-                x0 = off + bx * b
-                np.multiply(rows[:, :, x0 : x0 + (nx - 1) * step + 1 : step],
-                            np.float32(win[by] * win[bx]), out=blk[by, bx])
-        d = np.ascontiguousarray(blk).reshape(128, nr * nx)
-        sl = slice(r0 * nx, (r0 + nr) * nx)
-        if contrast is not None:
-            contrast[sl] = d.sum(axis=0) * mass_scale
-        # normalise, clamp at 0.2, renormalise (the clamp is applied before dividing)
-        n = np.sqrt(np.einsum("ij,ij->j", d, d)) + _F32_EPS
-        np.minimum(d, (np.float32(0.2) * n)[None, :], out=d)
-        n = np.sqrt(np.einsum("ij,ij->j", d, d)) + _F32_EPS
-        d *= (np.float32(512) / n)[None, :]
-        np.minimum(d, np.float32(255), out=d)
-        out[:, sl] = d  # float -> uint8 truncates, as VLFeat's (vl_uint8) cast
-    desc = np.ascontiguousarray(out.T)
     gx, gy = np.meshgrid(xs, ys)
     xy = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
-    if contrast is not None:
-        desc[contrast < p.contrast_threshold] = 0
-    return xy, desc
+    if nx == 0 or ny == 0:
+        return xy, iter(())
+
+    def blocks():
+        conv = _orientation_planes(np.ascontiguousarray(im, np.float32), b)
+        win = [_window_mean(b, i) for i in range(4)]
+        step = p.step
+        rows_per = max(1, BLOCK // nx)
+        buf = np.empty((4, 4, 8, rows_per, nx), np.float32)  # (bin y, bin x, orientation, frames)
+        mass_scale = np.float32(b * b / float((3 * b + 1) ** 2))  # VLFeat's frame "norm"
+        for r0 in range(0, ny, rows_per):
+            nr = min(rows_per, ny - r0)
+            blk = buf[:, :, :, :nr]
+            for by in range(4):  # every copy is a contiguous run of frames
+                y0 = off + by * b + r0 * step
+                rows = conv[:, y0 : y0 + (nr - 1) * step + 1 : step]
+                for bx in range(4):
+                    x0 = off + bx * b
+                    np.multiply(rows[:, :, x0 : x0 + (nx - 1) * step + 1 : step],
+                                np.float32(win[by] * win[bx]), out=blk[by, bx])
+            d = np.ascontiguousarray(blk).reshape(128, nr * nx)
+            low = None
+            if p.contrast_threshold > 0:
+                low = d.sum(axis=0) * mass_scale < p.contrast_threshold
+            # normalise, clamp at 0.2, renormalise (the clamp is applied before dividing)
+            n = np.sqrt(np.einsum("ij,ij->j", d, d)) + _F32_EPS
+            np.minimum(d, (np.float32(0.2) * n)[None, :], out=d)
+            n = np.sqrt(np.einsum("ij,ij->j", d, d)) + _F32_EPS
+            d *= (np.float32(512) / n)[None, :]
+            np.minimum(d, np.float32(255), out=d)
+            np.floor(d, out=d)  # VLFeat's (vl_uint8) cast truncates
+            if low is not None:
+                d[:, low] = 0
+            yield slice(r0 * nx, (r0 + nr) * nx), d
+
+    return xy, blocks()
+
+
+def _numpy_scale(im: np.ndarray, p: SiftParams, b: int, off: int):
+    xy, blocks = _numpy_blocks(im, p, b, off)
+    out = np.empty((128, len(xy)), np.uint8)
+    for sl, d in blocks:
+        out[:, sl] = d
+    return xy, out.T  # (n, 128) view of the descriptor-major array
+
+
+def u8_blocks(desc: np.ndarray, size: int | None = None):
+    """(slice, (128, m) float32 block) over uint8 descriptors (n, 128): the layout
+    dense_sift_blocks gives, for consumers that work block by block."""
+    size = BLOCK if size is None else int(size)
+    buf = np.empty((128, min(size, len(desc))), np.float32)
+    for s in range(0, len(desc), size):
+        m = min(size, len(desc) - s)
+        buf[:, :m] = desc[s : s + m].T
+        yield slice(s, s + m), buf[:, :m]
+
+
+def dense_sift_blocks(img: np.ndarray, params: SiftParams):
+    """dense_sift, but the descriptors come as a generator of (slice, (128, m) float32 block)
+    holding the byte values: the numpy backend never builds the (n, 128) uint8 matrix, so a
+    step-1 image is assigned to words block by block in cache. Returns (frames, blocks, shape)."""
+    if params.backend != "numpy":
+        frames, desc, shape = dense_sift(img, params)
+        return frames, u8_blocks(desc), shape
+    if img.ndim != 2:
+        raise ValueError(f"dense_sift needs a 2-D gray image, got shape {img.shape}")
+    img = pad_small(np.ascontiguousarray(img), params.sizes)
+    offsets = grid_offsets(params.sizes)
+    frames, gens, start = [], [], 0
+    for b in params.sizes:
+        xy, blocks = _numpy_blocks(_smoothed(img, b, params.smooth), params, b, offsets[b])
+        frames.append(np.hstack([xy, np.full((len(xy), 1), b, np.float32)]))
+        gens.append((start, blocks))
+        start += len(xy)
+
+    def chained():
+        for base, blocks in gens:
+            for sl, d in blocks:
+                yield slice(base + sl.start, base + sl.stop), d
+
+    return np.vstack(frames), chained(), (int(img.shape[0]), int(img.shape[1]))
 
 
 _CV_SIFT = None
@@ -378,7 +426,8 @@ def dense_sift(img: np.ndarray, params: SiftParams) -> tuple[np.ndarray, np.ndar
         xy, d = scale_fn(im, params, b, offsets[b])
         frames.append(np.hstack([xy, np.full((len(xy), 1), b, np.float32)]))
         descs.append(d)
-    return np.vstack(frames), np.vstack(descs), (int(img.shape[0]), int(img.shape[1]))
+    desc = descs[0] if len(descs) == 1 else np.vstack(descs)
+    return np.vstack(frames), desc, (int(img.shape[0]), int(img.shape[1]))
 
 
 def transform_descriptors(desc: np.ndarray, rootsift: bool) -> np.ndarray:
