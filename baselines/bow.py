@@ -9,7 +9,8 @@ Pipeline and caches (all under cvbench.paths.cache_dir, keyed by split fingerpri
    training descriptors, ``ceil(vocab_sample / n_images)`` per image (the same per-image
    generator whether or not descriptors are cached, so results never depend on cache state).
    The sample is drawn from the grid at step ``max(step, vocab_step)``: the same descriptors
-   on a coarser grid, so a step-1 run does not pay a second full step-1 extraction.
+   on a coarser grid, so a step-1 run does not pay a second full step-1 extraction (nor write
+   a step-4 descriptor store it will not read again).
 3. Encoding (``cache_dir("bow")``): image by image, extract (or read) -> RootSIFT/L2 ->
    assign -> pyramid histogram, in joblib batches; only histograms come back, so memory is
    flat even at step 1. A k-sweep or C-sweep re-uses the cached histograms.
@@ -192,9 +193,12 @@ def _sample_batch(split, idx, p: SiftParams, m: int, seed: int, store_path):
 
 
 def sample_descriptors(split, p: SiftParams, n_total: int, seed: int, n_jobs=None,
-                       joblib_backend: str = "loky") -> tuple[np.ndarray, int]:
-    """Seeded sample of ~n_total uint8 descriptors (ceil(n_total / n) per image) + store hit."""
-    store = open_store(split, p, n_jobs, joblib_backend)
+                       joblib_backend: str = "loky", build_store: bool = True) -> tuple[np.ndarray, int]:
+    """Seeded sample of ~n_total uint8 descriptors (ceil(n_total / n) per image) + store hit.
+
+    build_store=False reads an existing descriptor store but does not write one (the sample is
+    the same either way)."""
+    store = open_store(split, p, n_jobs, joblib_backend, build=build_store)
     m = max(1, math.ceil(n_total / max(1, len(split))))
     sp = store.path if store else None
     batches = _batches(len(split))
@@ -360,8 +364,10 @@ class BowSift(Method):
         extract_s = kmeans_s = 0.0
         n_sample = None
         if centres is None:
+            # a store on the coarser vocabulary grid would only serve other runs: not built
             sample, _ = sample_descriptors(split, pv, int(self.vocab_sample), int(self.seed),
-                                           self.n_jobs, self.joblib_backend)
+                                           self.n_jobs, self.joblib_backend,
+                                           build_store=pv.step == p.step)
             extract_s = time.perf_counter() - t0
             n_sample = len(sample)
             t1 = time.perf_counter()

@@ -83,6 +83,28 @@ def test_vocab_sample_same_with_and_without_descriptor_cache(monkeypatch):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("rootsift,scales", [(False, None), (True, "3,5")])
+def test_words_same_from_descriptor_store_and_fused_extraction(monkeypatch, tmp_path, rootsift, scales):
+    """numpy backend: words assigned block by block during extraction (no store) equal those
+    from the stored uint8 descriptors, so histograms never depend on the cache state."""
+    from cvbench.baselines.bow import encode_split
+    from cvbench.baselines.sift import dense_sift, transform_descriptors
+    from cvbench.baselines.vocab import kmeans
+
+    split = _stripes(3, 11)
+    p = make_sift_params(step=2, bin_size=3, scales=scales, backend="numpy")
+    sample = np.vstack([dense_sift(split.image(i, "gray"), p)[1][::7] for i in range(len(split))])
+    centres = kmeans(transform_descriptors(sample, rootsift), 12, "sklearn", 0, 10)
+    enc = {"rootsift": rootsift, "encoding": "hard", "sigma": None, "levels": 1, "hist_norm": "l1"}
+    out = {}
+    for gb in ("0", "1"):
+        monkeypatch.setenv("CVBENCH_SIFT_CACHE_GB", gb)
+        monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / f"cache{gb}"))
+        out[gb] = encode_split(split, p, centres, enc, n_jobs=1)
+    assert out["0"][1]["desc_cache"] is False and out["1"][1]["desc_cache"] is True
+    np.testing.assert_array_equal(out["0"][0], out["1"][0])
+
+
 @pytest.mark.realdata
 def test_scene15_small_subset_well_above_chance(real_data):
     from cvbench.data.scene15 import read_scene15
