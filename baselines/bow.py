@@ -442,20 +442,25 @@ class BowSift(Method):
 
 def validation_sweep(train, configs: list[dict[str, Any]], fraction: float = 0.2, seed: int = 0,
                      k_values: list[int] | None = None) -> Iterator[dict[str, Any]]:
-    """Accuracy of each bow-sift config on a stratified validation carve of TRAIN (never test).
+    """Accuracy of each config on a stratified validation carve of TRAIN (never test).
 
-    Each config is fitted on train-minus-val (its own vocabulary) and scored on val; with
-    `k_values`, every k-NN k is scored from the same fitted encodings. Yields one row per
-    (config, k) with the accuracy, used to choose the suite's hyper-parameters.
+    A config is a bow-sift parameter dict, or names another classical method with a "method"
+    key (e.g. "fisher-sift"; it must have transform() and clf_). Each config is fitted on
+    train-minus-val (its own vocabulary) and scored on val; with `k_values`, every k-NN k is
+    scored from the same fitted encodings. Yields one row per (config, k) with the accuracy,
+    used to choose the suite's hyper-parameters.
     """
+    from cvbench.methods import create_method
     from cvbench.split import carve_validation
 
     fit_split, val = carve_validation(train, fraction=fraction, seed=seed)
     for cfg in configs:
         t0 = time.perf_counter()
-        m = BowSift(**cfg).fit(fit_split)
+        params = {k: v for k, v in cfg.items() if k != "method"}
+        m = create_method(cfg.get("method", "bow-sift"), **params).fit(fit_split)
         H = m.transform(val)
-        ks = k_values if (k_values and cfg.get("classifier", "knn") == "knn") else [None]
+        ks = k_values if (k_values and cfg.get("method", "bow-sift") == "bow-sift"
+                          and cfg.get("classifier", "knn") == "knn") else [None]
         for k in ks:
             if k is not None:
                 m.clf_ = make_classifier("knn", k=int(k), metric=m.metric, weighted=bool(m.weighted))

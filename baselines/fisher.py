@@ -1,0 +1,324 @@
+"""`fisher-sift`: dense SIFT -> PCA -> diagonal GMM -> improved Fisher vectors -> linear SVM.
+
+The encoding of Perronnin, Sánchez & Mensink (ECCV 2010, "improved Fisher kernel"), in the
+setting Chatfield et al. (BMVC 2011, "The devil is in the details") found strongest among
+bag-of-words encodings: dense SIFT reduced to ``pca_dim`` dimensions by PCA, a diagonal-
+covariance GMM of ``n_components`` Gaussians fitted on a seeded descriptor sample, and per
+image (and per spatial-pyramid cell) the gradients of the log-likelihood with respect to the
+means and standard deviations:
+
+    G_mu_k    = 1 / (n sqrt(w_k))    sum_i g_ik (x_i - mu_k) / sigma_k
+    G_sigma_k = 1 / (n sqrt(2 w_k))  sum_i g_ik [((x_i - mu_k) / sigma_k)^2 - 1]
+
+(g_ik the posterior of Gaussian k for descriptor i, n the cell's descriptor count), each
+cell's vector (2 K D values) power-normalised (signed square root) and L2-normalised, the
+cells concatenated and divided by sqrt(number of cells) so the image vector has unit norm;
+then a one-vs-rest linear SVM. Spatial cells follow Lazebnik's grid (level l: 2^l x 2^l),
+unweighted, as in Chatfield et al.
+
+Everything before the encoding is bow-sift's: the same dense SIFT backends and descriptor
+store, the same seeded per-image vocabulary sample on the ``vocab_step`` grid
+(baselines.bow.sample_descriptors). Caches: the PCA + GMM model in ``cache_dir("vocab")``
+(npz), the Fisher vectors in ``cache_dir("fisher")``, both keyed by split + parameters.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from cvbench.atomic import atomic_write_bytes
+from cvbench.errors import UserError
+from cvbench.methods import Method, register_method
+from cvbench.paths import cache_dir
+
+from .bow import (
+    DescriptorStore,
+    _batches,
+    _extract,
+    _limit_threads,
+    _parallel,
+    open_store,
+    sample_descriptors,
+)
+from .classifiers import make_classifier
+from .sift import SiftParams, make_sift_params, transform_descriptors
+from .vocab import digest, vocab_key
+
+_MIN_SIGMA2 = 1e-4  # variance floor of the GMM (PCA'd unit-norm SIFT has variances ~1e-3..1e-1)
+
+
+@dataclass(frozen=True)
+class FisherModel:
+    """PCA (mean (128,), components (D, 128)) + diagonal GMM (weights (K,), means and
+    standard deviations (K, D))."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    weights: np.ndarray
+    means: np.ndarray
+    sigmas: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        """Length of one cell's Fisher vector: 2 K D."""
+        return 2 * self.means.size
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, components=self.components, weights=self.weights,
+                 means=self.means, sigmas=self.sigmas)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FisherModel:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            return cls(*(np.asarray(z[k], dtype=np.float32)
+                         for k in ("mean", "components", "weights", "means", "sigmas")))
+
+    def digest(self) -> str:
+        return digest(np.concatenate([a.ravel() for a in (self.mean, self.components, self.weights,
+                                                            self.means, self.sigmas)]))
+
+    def project(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, np.float32) - self.mean) @ self.components.T
+
+
+def fit_fisher_model(X: np.ndarray, pca_dim: int, n_components: int, seed: int = 0,
+                     n_iter: int = 100) -> FisherModel:
+    """PCA to pca_dim dims, then a diagonal GMM (k-means initialised, scikit-learn EM)."""
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    X = np.asarray(X, np.float32)
+    if len(X) < max(n_components, pca_dim):
+        raise UserError(f"a {n_components}-component GMM on {pca_dim} PCA dims needs at least "
+                        f"{max(n_components, pca_dim)} descriptors, got {len(X)}")
+    if not 1 <= pca_dim <= X.shape[1]:
+        raise UserError(f"pca_dim must be in 1..{X.shape[1]}, got {pca_dim}")
+    with threadpool_limits(1):
+        pca = PCA(n_components=int(pca_dim), random_state=int(seed)).fit(X)
+        Z = pca.transform(X).astype(np.float32)
+        gmm = GaussianMixture(n_components=int(n_components), covariance_type="diag",
+                              max_iter=int(n_iter), reg_covar=_MIN_SIGMA2 * Z.var(axis=0).mean(),
+                              random_state=int(seed)).fit(Z)
+    return FisherModel(mean=pca.mean_.astype(np.float32), components=pca.components_.astype(np.float32),
+                       weights=gmm.weights_.astype(np.float32), means=gmm.means_.astype(np.float32),
+                       sigmas=np.sqrt(gmm.covariances_).astype(np.float32))
+
+
+def posteriors(Z: np.ndarray, model: FisherModel) -> np.ndarray:
+    """(n, K) posteriors of the GMM components for projected descriptors Z (n, D)."""
+    inv = 1.0 / (model.sigmas.astype(np.float64) ** 2)  # (K, D)
+    mu = model.means.astype(np.float64)
+    Z = np.asarray(Z, np.float64)
+    # log N(z; mu_k, diag sigma_k^2) up to the shared -D/2 log(2 pi)
+    ll = -0.5 * ((Z * Z) @ inv.T - 2.0 * Z @ (mu * inv).T + (mu * mu * inv).sum(1)[None, :])
+    ll += np.log(np.maximum(model.weights, 1e-12))[None, :] - np.log(model.sigmas).sum(1)[None, :]
+    ll -= ll.max(axis=1, keepdims=True)
+    p = np.exp(ll)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
+def fisher_cells(Z: np.ndarray, cells: np.ndarray, n_cells: int, model: FisherModel) -> np.ndarray:
+    """Improved Fisher vector of each cell, (n_cells, 2 K D) float32, each row power- and
+    L2-normalised (an empty cell is all zeros)."""
+    K, D = model.means.shape
+    out = np.zeros((n_cells, 2 * K * D), np.float32)
+    if len(Z) == 0:
+        return out
+    Z = np.asarray(Z, np.float64)
+    G = posteriors(Z, model)
+    mu = model.means.astype(np.float64)
+    sig = model.sigmas.astype(np.float64)
+    w = model.weights.astype(np.float64)
+    for c in range(n_cells):
+        sel = cells == c
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        g, z = G[sel], Z[sel]
+        s0 = g.sum(0)[:, None]  # (K, 1)
+        s1 = g.T @ z  # (K, D)
+        s2 = g.T @ (z * z)
+        g_mu = (s1 - s0 * mu) / sig / (n * np.sqrt(w)[:, None])
+        g_sig = ((s2 - 2 * mu * s1 + s0 * mu * mu) / (sig * sig) - s0) / (n * np.sqrt(2 * w)[:, None])
+        v = np.concatenate([g_mu.ravel(), g_sig.ravel()])
+        v = np.sign(v) * np.sqrt(np.abs(v))
+        out[c] = v / max(np.linalg.norm(v), 1e-12)
+    return out
+
+
+def pyramid_cells(xy: np.ndarray, shape: tuple[int, int], levels: int) -> list[np.ndarray]:
+    """Per pyramid level, each descriptor's cell index in Lazebnik's 2^l x 2^l grid."""
+    h, w = shape
+    out = []
+    for lvl in range(int(levels) + 1):
+        g = 2**lvl
+        cx = np.clip((xy[:, 0] * g / w).astype(np.int64), 0, g - 1)
+        cy = np.clip((xy[:, 1] * g / h).astype(np.int64), 0, g - 1)
+        out.append(cy * g + cx)
+    return out
+
+
+def encode_image(frames: np.ndarray, desc: np.ndarray, shape: tuple[int, int], model: FisherModel,
+                 rootsift: bool, levels: int) -> np.ndarray:
+    """The image's Fisher vector: cells of levels 0..L concatenated, unit L2 norm overall."""
+    Z = model.project(transform_descriptors(desc, rootsift))
+    parts = [fisher_cells(Z, cells, 4**lvl, model).ravel()
+             for lvl, cells in enumerate(pyramid_cells(frames[:, :2], shape, levels))]
+    n_cells = sum(4**lvl for lvl in range(int(levels) + 1))
+    return np.concatenate(parts) / np.float32(np.sqrt(n_cells))
+
+
+def _encode_batch(split, idx, p: SiftParams, store_path, model: FisherModel, rootsift: bool, levels: int):
+    store = DescriptorStore(store_path) if store_path else None
+    out = []
+    with _limit_threads():
+        for i in idx:
+            frames, desc, shape = store.get(i) if store else _extract(split, i, p)
+            out.append(encode_image(frames, desc, shape, model, rootsift, levels))
+    return out
+
+
+def encode_split(split, p: SiftParams, model: FisherModel, rootsift: bool, levels: int,
+                 n_jobs=None, joblib_backend: str = "loky") -> tuple[np.ndarray, bool]:
+    """Fisher vectors of a split (n, cells x 2KD) float32, cached; returns (matrix, cache hit)."""
+    key = vocab_key(split=split.cache_key, sift=p.key(), model=model.digest(), rootsift=rootsift,
+                    levels=int(levels))
+    path = cache_dir("fisher") / f"{key}.npy"
+    if path.is_file():
+        try:
+            return np.load(path, allow_pickle=False), True
+        except (OSError, ValueError):
+            pass
+    store = open_store(split, p, n_jobs, joblib_backend)
+    sp = store.path if store else None
+    rows: list[np.ndarray] = []
+    args = (split, p, sp, model, rootsift, levels)
+    for res in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
+        rows.extend(res)
+    n_cells = sum(4**lvl for lvl in range(int(levels) + 1))
+    H = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, n_cells * model.dim), np.float32)
+    buf = io.BytesIO()
+    np.save(buf, H, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return H, False
+
+
+@register_method(
+    "fisher-sift", family="classical",
+    description="Dense SIFT + PCA + diagonal GMM -> improved Fisher vectors (+ spatial cells) + linear SVM",
+)
+class FisherSift(Method):
+    """Improved Fisher vectors of dense SIFT with a spatial pyramid and a linear SVM."""
+
+    def __init__(
+        self,
+        step: int = 4,
+        bin_size: int = 4,
+        scales: Any = None,
+        backend: str = "auto",
+        smooth: bool | None = None,
+        rootsift: bool = True,
+        pca_dim: int = 64,
+        n_components: int = 64,
+        vocab_sample: int = 100_000,
+        vocab_step: int = 4,
+        gmm_iter: int = 100,
+        pyramid_levels: int = 1,
+        C: float = 1.0,
+        max_side: int | None = None,
+        seed: int = 0,
+        n_jobs: int | None = None,
+        joblib_backend: str = "loky",
+    ):
+        self.step = step
+        self.bin_size = bin_size
+        self.scales = scales
+        self.backend = backend
+        self.smooth = smooth
+        self.rootsift = rootsift
+        self.pca_dim = pca_dim
+        self.n_components = n_components
+        self.vocab_sample = vocab_sample
+        self.vocab_step = vocab_step
+        self.gmm_iter = gmm_iter
+        self.pyramid_levels = pyramid_levels
+        self.C = C
+        self.max_side = max_side
+        self.seed = seed
+        self.n_jobs = n_jobs
+        self.joblib_backend = joblib_backend
+
+    def _model(self, split, p: SiftParams) -> tuple[FisherModel, bool, dict[str, float]]:
+        pv = replace(p, step=max(p.step, int(self.vocab_step)))
+        key = vocab_key(kind="fisher", train=split.cache_key, sift=pv.key(), rootsift=bool(self.rootsift),
+                        pca=int(self.pca_dim), k=int(self.n_components), sample=int(self.vocab_sample),
+                        iters=int(self.gmm_iter), seed=int(self.seed))
+        path = cache_dir("vocab") / f"{key}.npz"
+        if path.is_file():
+            try:
+                return FisherModel.from_bytes(path.read_bytes()), True, {}
+            except (OSError, ValueError, KeyError):
+                pass
+        t0 = time.perf_counter()
+        sample, _ = sample_descriptors(split, pv, int(self.vocab_sample), int(self.seed), self.n_jobs,
+                                       self.joblib_backend, build_store=pv.step == p.step)
+        t1 = time.perf_counter()
+        model = fit_fisher_model(transform_descriptors(sample, bool(self.rootsift)), int(self.pca_dim),
+                                 int(self.n_components), int(self.seed), int(self.gmm_iter))
+        atomic_write_bytes(path, model.to_bytes())
+        return model, False, {"sample_s": round(t1 - t0, 3), "gmm_s": round(time.perf_counter() - t1, 3)}
+
+    def fit(self, split):
+        if int(self.pyramid_levels) < 0 or int(self.n_components) < 1:
+            raise UserError("pyramid_levels must be >= 0 and n_components >= 1")
+        t_start = time.perf_counter()
+        p = make_sift_params(self.step, self.bin_size, self.scales, self.backend, self.smooth,
+                             0.0, self.max_side)
+        self.sift_params_ = p
+        t0 = time.perf_counter()
+        self.model_, hit, model_t = self._model(split, p)
+        model_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        H, enc_hit = self.transform(split, with_hit=True)
+        encode_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.clf_ = make_classifier("linear-svm", C=float(self.C), seed=int(self.seed))
+        self.clf_.fit(H, split.labels, n_classes=split.n_classes)
+        self.info_ = {
+            "backend": p.backend,
+            "sift": p.key(),
+            "model_cache_hit": hit,
+            "feature_dim": int(H.shape[1]),
+            "train_encoding_cache_hit": enc_hit,
+            "classifier": self.clf_.info(),
+            "timings": {**model_t, "model_s": round(model_s, 3), "encode_s": round(encode_s, 3),
+                        "classify_s": round(time.perf_counter() - t0, 3),
+                        "fit_total_s": round(time.perf_counter() - t_start, 3)},
+            "n_jobs": self.n_jobs,
+        }
+        return self
+
+    def transform(self, split, with_hit: bool = False):
+        """Fisher vectors of a split with the fitted model (cached)."""
+        H, hit = encode_split(split, self.sift_params_, self.model_, bool(self.rootsift),
+                              int(self.pyramid_levels), self.n_jobs, self.joblib_backend)
+        return (H, hit) if with_hit else H
+
+    def predict_scores(self, split) -> np.ndarray:
+        t0 = time.perf_counter()
+        H = self.transform(split)
+        t1 = time.perf_counter()
+        scores = self.clf_.decision_scores(H)
+        if hasattr(self, "info_"):
+            self.info_["timings"]["test_encode_s"] = round(t1 - t0, 3)
+            self.info_["timings"]["test_classify_s"] = round(time.perf_counter() - t1, 3)
+        return scores
