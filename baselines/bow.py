@@ -277,6 +277,8 @@ def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=No
 class BowSift(Method):
     """Bag of dense SIFT words with an optional spatial pyramid and a k-NN or SVM classifier."""
 
+    feature_cache_params = ("k", "metric", "weighted", "hist_norm", "classifier", "C", "kernel_mode")
+
     def __init__(
         self,
         step: int = 4,

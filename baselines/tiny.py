@@ -253,6 +253,8 @@ class _TinyBase(Method):
 class TinyKNN(_TinyBase):
     """Tiny grayscale images + k-NN (study: 16x16, zero mean, L1 norm, k=1, L1 metric)."""
 
+    feature_cache_params = ("k", "metric", "weighted")
+
     def __init__(
         self,
         size: int = 16,

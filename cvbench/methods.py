@@ -42,6 +42,9 @@ class Method(BaseEstimator):
     """Base class: get_params/set_params from scikit-learn, predict = argmax of scores."""
 
     info_: dict[str, Any]
+    # Parameters whose change re-uses cached features (e.g. k of a k-NN on cached histograms):
+    # the leaderboard times such a run by the run of its block that computed the features.
+    feature_cache_params: tuple[str, ...] = ()
 
     def fit(self, split):  # pragma: no cover - interface
         raise NotImplementedError

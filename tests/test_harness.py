@@ -358,3 +358,19 @@ def test_method_variant_defaults_extra_params_and_validation():
 def test_fixture_only_for_tasks_that_have_one(capsys, tmp_path):
     assert cli.main(["data", "fixture", "demo", str(tmp_path)]) == 2
     assert "has no generated fixture" in capsys.readouterr().err
+
+
+def test_timed_record_points_a_cached_sweep_point_at_the_run_that_computed_features():
+    from cvbench.leaderboard import timed_record
+
+    def rec(k, step, fit_s, label="bow"):
+        return {"label": label, "method": "bow-sift", "params": {"k": k, "step": step},
+                "timings": {"fit_s": fit_s, "predict_s": 0.0}}
+
+    cold, cached, other_step = rec(1, 4, 60.0), rec(8, 4, 0.01), rec(1, 8, 90.0)
+    records = [cold, cached, other_step, rec(8, 4, 500.0, label="another block")]
+    assert timed_record(cached, records) is cold  # k reuses histograms; step does not
+    assert timed_record(other_step, records) is other_step
+    deep = {"label": "cnn", "method": "cnn", "params": {"epochs": 5}, "timings": {"fit_s": 1.0}}
+    slower = {**deep, "params": {"epochs": 50}, "timings": {"fit_s": 9.0}}
+    assert timed_record(deep, [deep, slower]) is deep  # no feature cache: own time
