@@ -76,9 +76,12 @@ def _limit_threads():
     return threadpool_limits(1)
 
 
+def _gray(split, i: int, p: SiftParams) -> np.ndarray:
+    return split.image(int(i), "gray", max_side=p.max_side)
+
+
 def _extract(split, i: int, p: SiftParams):
-    img = split.image(int(i), "gray", max_side=p.max_side)
-    return dense_sift(img, p)
+    return dense_sift(_gray(split, i, p), p)
 
 
 def _extract_batch(split, idx, p: SiftParams):
@@ -224,8 +227,7 @@ def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
                     frames, desc, shape = store.get(i)
                     blocks = u8_blocks(desc)
                 else:
-                    img = split.image(int(i), "gray", max_side=p.max_side)
-                    frames, blocks, shape = dense_sift_blocks(img, p)
+                    frames, blocks, shape = dense_sift_blocks(_gray(split, i, p), p)
                 votes = assign_blocks(blocks, len(frames), centres, enc["rootsift"])
             out.append(pyramid_histogram(frames[:, :2], shape, votes, K, enc["levels"], "none"))
             n_desc += len(frames)

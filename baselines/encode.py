@@ -9,9 +9,11 @@ for the argmin). It gives the words of ``assign_hard(transform_descriptors(d))``
 building the normalised float matrix; with the numpy dense SIFT backend the blocks come
 straight from extraction (sift.dense_sift_blocks), so a step-1 image never exists as an
 (n, 128) matrix. Whichever way the blocks were made (extracted, or read from the descriptor
-cache), the GEMM sees the same layout, so the words do not depend on the cache state. Soft assignment is the kernel
-codebook with codeword uncertainty (van Gemert et al. 2010): each descriptor spreads a unit
-vote over words with weights exp(-d^2 / 2 sigma^2), normalised per descriptor.
+cache), the GEMM sees the same layout, so the words do not depend on the cache state.
+
+Soft assignment is the kernel codebook with codeword uncertainty (van Gemert et al. 2010):
+each descriptor spreads a unit vote over words with weights exp(-d^2 / 2 sigma^2),
+normalised per descriptor.
 
 Spatial pyramid (Lazebnik et al. 2006): level l splits the image into 2^l x 2^l cells; cell
 histograms are divided by the image's descriptor count and weighted 1/2^L at level 0 and

@@ -354,6 +354,21 @@ def u8_blocks(desc: np.ndarray, size: int | None = None):
         yield slice(s, s + m), buf[:, :m]
 
 
+def _scales(img: np.ndarray, params: SiftParams):
+    """Checked, padded image and per bin size (b, smoothed float image, grid offset, frames
+    builder): the part of dense SIFT every backend shares."""
+    if img.ndim != 2:
+        raise ValueError(f"dense_sift needs a 2-D gray image, got shape {img.shape}")
+    img = pad_small(np.ascontiguousarray(img), params.sizes)
+    offsets = grid_offsets(params.sizes)
+    return img, [(b, _smoothed(img, b, params.smooth), offsets[b]) for b in params.sizes]
+
+
+def _with_bin(xy: np.ndarray, b: int) -> np.ndarray:
+    """Frames (n, 3) [x, y, bin size] from centres (n, 2)."""
+    return np.hstack([xy, np.full((len(xy), 1), b, np.float32)])
+
+
 def dense_sift_blocks(img: np.ndarray, params: SiftParams):
     """dense_sift, but the descriptors come as a generator of (slice, (128, m) float32 block)
     holding the byte values: the numpy backend never builds the (n, 128) uint8 matrix, so a
@@ -361,14 +376,11 @@ def dense_sift_blocks(img: np.ndarray, params: SiftParams):
     if params.backend != "numpy":
         frames, desc, shape = dense_sift(img, params)
         return frames, u8_blocks(desc), shape
-    if img.ndim != 2:
-        raise ValueError(f"dense_sift needs a 2-D gray image, got shape {img.shape}")
-    img = pad_small(np.ascontiguousarray(img), params.sizes)
-    offsets = grid_offsets(params.sizes)
+    img, scales = _scales(img, params)
     frames, gens, start = [], [], 0
-    for b in params.sizes:
-        xy, blocks = _numpy_blocks(_smoothed(img, b, params.smooth), params, b, offsets[b])
-        frames.append(np.hstack([xy, np.full((len(xy), 1), b, np.float32)]))
+    for b, im, off in scales:
+        xy, blocks = _numpy_blocks(im, params, b, off)
+        frames.append(_with_bin(xy, b))
         gens.append((start, blocks))
         start += len(xy)
 
@@ -415,16 +427,12 @@ def dense_sift(img: np.ndarray, params: SiftParams) -> tuple[np.ndarray, np.ndar
 
     The returned (h, w) is the size the frames refer to (after padding small images).
     """
-    if img.ndim != 2:
-        raise ValueError(f"dense_sift needs a 2-D gray image, got shape {img.shape}")
-    img = pad_small(np.ascontiguousarray(img), params.sizes)
-    offsets = grid_offsets(params.sizes)
+    img, scales = _scales(img, params)
     scale_fn = {"vlfeat": _vlfeat_scale, "numpy": _numpy_scale, "opencv": _opencv_scale}[params.backend]
     frames, descs = [], []
-    for b in params.sizes:
-        im = _smoothed(img, b, params.smooth)
-        xy, d = scale_fn(im, params, b, offsets[b])
-        frames.append(np.hstack([xy, np.full((len(xy), 1), b, np.float32)]))
+    for b, im, off in scales:
+        xy, d = scale_fn(im, params, b, off)
+        frames.append(_with_bin(xy, b))
         descs.append(d)
     desc = descs[0] if len(descs) == 1 else np.vstack(descs)
     return np.vstack(frames), desc, (int(img.shape[0]), int(img.shape[1]))
