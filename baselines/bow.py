@@ -243,30 +243,38 @@ def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=No
     """
     raw = {k: v for k, v in enc.items() if k != "hist_norm"}
     key = vocab_key(split=split.cache_key, sift=p.key(), vocab=digest(centres), **raw)
-    path = cache_dir("bow") / f"{key}.npy"
+    info: dict[str, Any] = {"desc_cache": None, "n_descriptors": None}
+
+    def compute() -> np.ndarray:
+        t0 = time.perf_counter()
+        store = open_store(split, p, n_jobs, joblib_backend)
+        info.update(desc_cache=store is not None, n_descriptors=0,
+                    store_build_s=round(time.perf_counter() - t0 if store is not None else 0.0, 3))
+        rows = []
+        args = (split, p, store.path if store else None, centres, enc)
+        for hists, n in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
+            rows.extend(hists)
+            info["n_descriptors"] += n
+        dim = pyramid_dim(len(centres), enc["levels"])
+        return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+
+    H, hit = cached_matrix(cache_dir("bow") / f"{key}.npy", compute)
+    return normalise(H, enc["hist_norm"]), {"hist_cache_hit": hit, **info}
+
+
+def cached_matrix(path: Path, compute) -> tuple[np.ndarray, bool]:
+    """(array, True) from the .npy at `path`, or (compute(), False) after writing it there
+    atomically (an unreadable cache file is recomputed)."""
     if path.is_file():
         try:
-            H = np.load(path, allow_pickle=False)
-            info = {"hist_cache_hit": True, "desc_cache": None, "n_descriptors": None}
-            return normalise(H, enc["hist_norm"]), info
+            return np.load(path, allow_pickle=False), True
         except (OSError, ValueError):
             pass
-    t0 = time.perf_counter()
-    store = open_store(split, p, n_jobs, joblib_backend)
-    t_extract = time.perf_counter() - t0 if store is not None else 0.0
-    sp = store.path if store else None
-    rows, n_desc = [], 0
-    args = (split, p, sp, centres, enc)
-    for hists, n in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
-        rows.extend(hists)
-        n_desc += n
-    dim = pyramid_dim(len(centres), enc["levels"])
-    H = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    arr = compute()
     buf = io.BytesIO()
-    np.save(buf, H, allow_pickle=False)
+    np.save(buf, arr, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
-    return normalise(H, enc["hist_norm"]), {"hist_cache_hit": False, "desc_cache": store is not None, "n_descriptors": n_desc,
-               "store_build_s": round(t_extract, 3)}
+    return arr, False
 
 
 # ---------------------------------------------------------------- the method

@@ -42,6 +42,7 @@ from .bow import (
     _extract,
     _limit_threads,
     _parallel,
+    cached_matrix,
     open_store,
     sample_descriptors,
 )
@@ -192,24 +193,17 @@ def encode_split(split, p: SiftParams, model: FisherModel, rootsift: bool, level
     """Fisher vectors of a split (n, cells x 2KD) float32, cached; returns (matrix, cache hit)."""
     key = vocab_key(split=split.cache_key, sift=p.key(), model=model.digest(), rootsift=rootsift,
                     levels=int(levels))
-    path = cache_dir("fisher") / f"{key}.npy"
-    if path.is_file():
-        try:
-            return np.load(path, allow_pickle=False), True
-        except (OSError, ValueError):
-            pass
-    store = open_store(split, p, n_jobs, joblib_backend)
-    sp = store.path if store else None
-    rows: list[np.ndarray] = []
-    args = (split, p, sp, model, rootsift, levels)
-    for res in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
-        rows.extend(res)
-    n_cells = sum(4**lvl for lvl in range(int(levels) + 1))
-    H = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, n_cells * model.dim), np.float32)
-    buf = io.BytesIO()
-    np.save(buf, H, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-    return H, False
+
+    def compute() -> np.ndarray:
+        store = open_store(split, p, n_jobs, joblib_backend)
+        rows: list[np.ndarray] = []
+        args = (split, p, store.path if store else None, model, rootsift, levels)
+        for res in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
+            rows.extend(res)
+        n_cells = sum(4**lvl for lvl in range(int(levels) + 1))
+        return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, n_cells * model.dim), np.float32)
+
+    return cached_matrix(cache_dir("fisher") / f"{key}.npy", compute)
 
 
 @register_method(
