@@ -35,12 +35,12 @@ import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
 from cvbench.errors import UserError
-from cvbench.methods import Method, register_method
+from cvbench.methods import Method, Scores, register_method
 from cvbench.paths import cache_dir
 
-from .classifiers import CLASSIFIERS, make_classifier
+from . import params
+from .classifiers import make_classifier
 from .encode import (
-    ENCODINGS,
     assign_blocks,
     assign_soft,
     normalise,
@@ -288,6 +288,7 @@ class BowSift(Method):
     """Bag of dense SIFT words with an optional spatial pyramid and a k-NN or SVM classifier."""
 
     feature_cache_params = ("k", "metric", "weighted", "hist_norm", "classifier", "C", "kernel_mode")
+    parameters = {**params.SIFT, **params.BOW, **params.KNN, **params.RUNTIME}
 
     def __init__(
         self,
@@ -345,21 +346,13 @@ class BowSift(Method):
         self.n_jobs = n_jobs
         self.joblib_backend = joblib_backend
 
-    def _check(self) -> None:
-        if self.encoding not in ENCODINGS:
-            raise UserError(f"unknown encoding {self.encoding!r}; valid: {', '.join(ENCODINGS)}")
-        if self.classifier not in CLASSIFIERS:
-            raise UserError(f"unknown classifier {self.classifier!r}; valid: {', '.join(CLASSIFIERS)}")
-        if int(self.vocab_size) < 1 or int(self.pyramid_levels) < 0:
-            raise UserError("vocab_size must be >= 1 and pyramid_levels >= 0")
-
     def _enc(self) -> dict[str, Any]:
         return {"rootsift": bool(self.rootsift), "encoding": self.encoding,
                 "sigma": float(self.sigma) if self.encoding == "soft" else None,
                 "levels": int(self.pyramid_levels), "hist_norm": self.hist_norm}
 
     def fit(self, split):
-        self._check()
+        self.validate({"n_train": len(split)})
         t_start = time.perf_counter()
         p = make_sift_params(self.step, self.bin_size, self.scales, self.backend, self.smooth,
                              self.contrast_threshold, self.max_side)
@@ -420,8 +413,8 @@ class BowSift(Method):
             },
             "n_jobs": self.n_jobs,
             "joblib_backend": self.joblib_backend,
+            "peak_rss_mib": peak_rss_mib(),
         }
-        self._peak()
         return self
 
     def transform(self, split) -> np.ndarray:
@@ -430,23 +423,22 @@ class BowSift(Method):
                             self.joblib_backend)
         return H
 
-    def predict_scores(self, split) -> np.ndarray:
+    def predict_scores(self, split) -> Scores:
         t0 = time.perf_counter()
         H, enc_info = encode_split(split, self.sift_params_, self.centres_, self._enc(), self.n_jobs,
                                    self.joblib_backend)
         t1 = time.perf_counter()
         scores = self.clf_.decision_scores(H)
         t2 = time.perf_counter()
-        if hasattr(self, "info_"):
-            self.info_["test"] = {k: v for k, v in enc_info.items() if v is not None}
-            self.info_["timings"]["test_encode_s"] = round(t1 - t0, 3)
-            self.info_["timings"]["test_classify_s"] = round(t2 - t1, 3)
-            self._peak()
-        return scores
+        return Scores(scores, info={
+            "test": {k: v for k, v in enc_info.items() if v is not None},
+            "timings": {"test_encode_s": round(t1 - t0, 3), "test_classify_s": round(t2 - t1, 3)},
+            "peak_rss_mib": peak_rss_mib()})
 
-    def _peak(self) -> None:
-        """Peak resident memory (MiB) of this process; joblib workers (alive) are not counted."""
-        self.info_["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+def peak_rss_mib() -> float:
+    """Peak resident memory (MiB) of this process; joblib workers (alive) are not counted."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 # ---------------------------------------------------------------- validation sweeps

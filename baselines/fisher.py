@@ -33,9 +33,10 @@ import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
 from cvbench.errors import UserError
-from cvbench.methods import Method, register_method
+from cvbench.methods import Method, Scores, register_method
 from cvbench.paths import cache_dir
 
+from . import params
 from .bow import (
     DescriptorStore,
     _batches,
@@ -213,6 +214,8 @@ def encode_split(split, p: SiftParams, model: FisherModel, rootsift: bool, level
 class FisherSift(Method):
     """Improved Fisher vectors of dense SIFT with a spatial pyramid and a linear SVM."""
 
+    parameters = {**params.SIFT, **params.FISHER, **params.RUNTIME}
+
     def __init__(
         self,
         step: int = 4,
@@ -272,8 +275,7 @@ class FisherSift(Method):
         return model, False, {"sample_s": round(t1 - t0, 3), "gmm_s": round(time.perf_counter() - t1, 3)}
 
     def fit(self, split):
-        if int(self.pyramid_levels) < 0 or int(self.n_components) < 1:
-            raise UserError("pyramid_levels must be >= 0 and n_components >= 1")
+        self.validate({"n_train": len(split)})
         t_start = time.perf_counter()
         p = make_sift_params(self.step, self.bin_size, self.scales, self.backend, self.smooth,
                              0.0, self.max_side)
@@ -307,12 +309,10 @@ class FisherSift(Method):
                               int(self.pyramid_levels), self.n_jobs, self.joblib_backend)
         return (H, hit) if with_hit else H
 
-    def predict_scores(self, split) -> np.ndarray:
+    def predict_scores(self, split) -> Scores:
         t0 = time.perf_counter()
         H = self.transform(split)
         t1 = time.perf_counter()
         scores = self.clf_.decision_scores(H)
-        if hasattr(self, "info_"):
-            self.info_["timings"]["test_encode_s"] = round(t1 - t0, 3)
-            self.info_["timings"]["test_classify_s"] = round(time.perf_counter() - t1, 3)
-        return scores
+        return Scores(scores, info={"timings": {"test_encode_s": round(t1 - t0, 3),
+                                                "test_classify_s": round(time.perf_counter() - t1, 3)}})

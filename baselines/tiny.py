@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 
 from cvbench.errors import UserError
-from cvbench.methods import Method, register_method
+from cvbench.methods import Method, Scores, register_method
 from cvbench.split import Split
 
+from . import params
 from .classifiers import make_classifier
 from .knn import NEIGHBOUR_CACHE
+from .params import JOBLIB_BACKENDS, NORMS
 
-NORMS = ("none", "l1", "l2")
-JOBLIB_BACKENDS = ("loky", "threading", "multiprocessing", "dask", "ray")
 _CACHE_VERSION = 1
 _MEM_ENTRIES = 8  # resized-image sets kept in memory per process
 
@@ -215,6 +215,7 @@ class _TinyBase(Method):
         raise NotImplementedError
 
     def fit(self, split: Split):
+        self.validate({"n_train": len(split)})
         X, extract_s, hit = self._features(split)
         t0 = time.perf_counter()
         clf = self._classifier()
@@ -229,23 +230,22 @@ class _TinyBase(Method):
         }
         return self
 
-    def predict_scores(self, split: Split) -> np.ndarray:
+    def predict_scores(self, split: Split) -> Scores:
         X, extract_s, hit = self._features(split)
         knn_hits0 = NEIGHBOUR_CACHE.hits
         t0 = time.perf_counter()
         is_knn = getattr(self.clf_, "name", "") == "knn"
         kw = {"cache_key": self._feature_key(split)} if is_knn else {}
         scores = self.clf_.decision_scores(X, **kw)
-        info = getattr(self, "info_", {})
-        timings = info.setdefault("timings", {})
-        timings["extract_test_s"] = round(extract_s, 4)
-        timings["classify_s"] = round(time.perf_counter() - t0, 4)
-        timings["extract_s"] = round(timings.get("extract_train_s", 0.0) + extract_s, 4)
-        hits = info.setdefault("cache_hits", {})
-        hits["tiny_test"] = bool(hit)
+        train_s = (getattr(self, "info_", {}).get("timings") or {}).get("extract_train_s", 0.0)
+        hits = {"tiny_test": bool(hit)}
         if is_knn:
             hits["knn_neighbours"] = NEIGHBOUR_CACHE.hits > knn_hits0
-        return scores
+        return Scores(scores, info={
+            "timings": {"extract_test_s": round(extract_s, 4),
+                        "classify_s": round(time.perf_counter() - t0, 4),
+                        "extract_s": round(train_s + extract_s, 4)},
+            "cache_hits": hits})
 
 
 @register_method("tiny-knn", family="classical",
@@ -254,6 +254,7 @@ class TinyKNN(_TinyBase):
     """Tiny grayscale images + k-NN (study: 16x16, zero mean, L1 norm, k=1, L1 metric)."""
 
     feature_cache_params = ("k", "metric", "weighted")
+    parameters = {**params.TINY, **params.KNN, **params.RUNTIME}
 
     def __init__(
         self,
@@ -285,6 +286,8 @@ class TinyKNN(_TinyBase):
                  description="Tiny grayscale images (16x16, normalised) + one-vs-rest linear SVM")
 class TinySVM(_TinyBase):
     """Tiny grayscale images + one-vs-rest linear SVM (LinearSVC, C)."""
+
+    parameters = {**params.TINY, **params.RUNTIME}
 
     def __init__(
         self,

@@ -18,6 +18,8 @@ class MajorityClass(Method):
     def __init__(self) -> None:
         pass
 
+    parameters: dict = {}
+
     def fit(self, split: Split) -> MajorityClass:
         counts = split.class_counts().astype(np.float64)
         self.priors_ = counts / max(1.0, counts.sum())

@@ -1,4 +1,4 @@
-"""The `cvbench` command line: list, data, suite, run, leaderboard."""
+"""The `cvbench` command line: list, data, suite, run, eval, leaderboard, records."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def _options(args, **over):
 
     fields = dict(data_dir=args.data_dir, device=args.device, n_jobs=args.jobs,
                   quick=getattr(args, "quick", False), skip_bad=args.skip_bad,
-                  force=getattr(args, "force", False), progress=not args.no_progress)
+                  force=getattr(args, "force", False), progress=not args.no_progress,
+                  leaderboard=getattr(args, "leaderboard", None))
     return RunOptions(**{**fields, **over})
 
 
@@ -47,7 +48,11 @@ def cmd_list(args) -> int:
         print(f"  {t.name:<12} {t.title}  [{found}]")
     print("\nMethods:")
     for m in list_methods():
-        print(f"  {m.name:<18} {m.family:<9} {m.description}")
+        print(f"  {m.name:<20} {m.family:<10} {m.description}")
+    for t in list_tasks():
+        for c in t.conditions.values():
+            values = ", ".join(map(str, c.values)) if c.values else "see the task"
+            print(f"  condition of {t.name}: {c.name} = {values} ({c.acts_on}: {c.what})")
     return 0
 
 
@@ -72,7 +77,7 @@ def cmd_data(args) -> int:
         train, test = task.load_splits(args.data_dir, skip_bad=False)
         report = check_splits([train, test], progress=not args.no_progress)
         print(format_report(report))
-        return 0
+        return 0 if report.ok else 1
     if args.action == "fetch":
         from .data.fetch import fetch_task
 
@@ -86,16 +91,26 @@ def cmd_data(args) -> int:
     raise UserError(f"unknown data action {args.action!r}")
 
 
-def cmd_suite(args) -> int:
+def _render(args) -> Path:
     from .leaderboard import render_all
+
+    return render_all(Path(args.leaderboard) if getattr(args, "leaderboard", None) else None)
+
+
+def cmd_suite(args) -> int:
     from .suite import run_suite
 
-    report = run_suite(args.task, _options(args), only=args.only,
-                       path=Path(args.suite) if args.suite else None, dry_run=args.dry_run)
+    try:
+        report = run_suite(args.task, _options(args), only=args.only,
+                           path=Path(args.suite) if args.suite else None, dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        if not args.dry_run:
+            _render(args)  # the runs finished before the interrupt show on the pages
+        raise
     if args.dry_run:
         print(f"{args.task}: {report.resumed} run(s) already recorded; nothing was run (--dry-run)")
         return 0
-    index = render_all()
+    index = _render(args)
     print(f"{args.task}: {report.done} run(s) done, {report.resumed} already recorded (resumed), "
           f"{report.skipped_gpu} GPU-only skipped, {len(report.failed)} failed in "
           f"{report.wall_s:.1f} s")
@@ -107,32 +122,108 @@ def cmd_suite(args) -> int:
     return 0
 
 
+def _result_line(rec) -> str:
+    m = rec.metrics
+    extra = "".join(f", {k} {m[k]:.4f}" for k in ("qwk", "map5", "top5_accuracy") if k in m)
+    ci = rec.interval("accuracy") or (0.0, 0.0)
+    point = {**{k: rec.params.get(k) for k in rec.sweep if k in rec.params},
+             **rec.conditions}
+    return (f"{rec.task} {rec.method} {point or ''}: accuracy {m['accuracy']:.4f} "
+            f"[{ci[0]:.4f}, {ci[1]:.4f}]{extra}; fit {rec.timings['fit_s']:.2f} s, "
+            f"predict {rec.timings['predict_s']:.2f} s")
+
+
 def cmd_run(args) -> int:
-    from .leaderboard import render_all
-    from .run import RunSpec, run_one
-    from .suite import expand_sweep
+    from .run import plan_runs, run_group
+    from .suite import RunSpec, expand_sweep
 
     params = parse_sets(args.set)
+    conditions = parse_sets(args.condition)
     options = _options(args, save=not args.no_save, force=True)
-    for point, swept in expand_sweep(params):
-        rec = run_one(args.task, RunSpec(method=args.method, params=point, seed=args.seed,
-                                         label=args.label or args.method, sweep=swept), options)
-        m = rec["metrics"]
-        extra = "".join(f", {k} {m[k]:.4f}" for k in ("qwk", "map5", "top5_accuracy") if k in m)
-        print(f"{args.task} {args.method} {point}: accuracy {m['accuracy']:.4f} "
-              f"[{m['accuracy_ci'][0]:.4f}, {m['accuracy_ci'][1]:.4f}]{extra}; "
-              f"fit {rec['timings']['fit_s']:.2f} s, predict {rec['timings']['predict_s']:.2f} s"
-              f"{'' if options.save else ' (not saved)'}")
+    specs = []
+    names = list(params) + list(conditions)
+    for point, swept in expand_sweep({**params, **conditions}):
+        specs.append(RunSpec(method=args.method, params={k: point[k] for k in params},
+                             conditions={k: point[k] for k in conditions}, seed=args.seed,
+                             label=args.label or args.method,
+                             sweep=tuple(k for k in names if k in swept)))
+    plan = plan_runs(args.task, specs, options, log=lambda m: None)
+    for group in plan.groups:
+        for rec in run_group(plan, group, group.runs, options):
+            print(_result_line(rec) + ("" if options.save else " (not saved)"))
     if options.save:
-        render_all()
+        _render(args)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """One method on every task (its standard protocol) into a private leaderboard, next to
+    the committed leaderboard's best run per family."""
+    from .paths import leaderboard_dir
+    from .report import fmt
+    from .results import load_records
+    from .run import plan_runs, run_group
+    from .suite import RunSpec
+    from .tasks import get_task, list_tasks
+
+    if not args.leaderboard:
+        raise UserError("cvbench eval writes into a private leaderboard: give --leaderboard DIR")
+    private = Path(args.leaderboard)
+    if private.resolve() == leaderboard_dir().resolve():
+        raise UserError(f"--leaderboard {private} is the committed leaderboard; give another folder")
+    names = [t.name for t in list_tasks()] if args.tasks == "all" else [n.strip() for n in args.tasks.split(",")]
+    tasks = [get_task(n) for n in names]
+    options = _options(args, force=True)
+    params = parse_sets(args.set)
+    rows = []
+    for task in tasks:
+        if not task.has_data(args.data_dir):
+            print(f"{task.name}: skipped (no data at {task.data_path(args.data_dir)})")
+            continue
+        spec = RunSpec(method=args.method, params=params, seed=args.seed, label=args.label or args.method)
+        plan = plan_runs(task, [spec], options, log=lambda m: None)
+        rec = run_group(plan, plan.groups[0], plan.groups[0].runs, options)[0]
+        print(_result_line(rec))
+        committed = [r for r in load_records(task.name, warn=lambda m: None)
+                     if not r.quick and r.test_fingerprint == rec.test_fingerprint]
+        best: dict[str, object] = {}
+        for r in sorted(committed, key=lambda r: -(r.metric(task.primary) or -1e9)):
+            best.setdefault(r.family, r)
+        mine = rec.metric(task.primary)
+        ci = rec.interval(task.primary) or rec.interval("accuracy")
+        line = [task.name, task.primary, fmt(mine) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")]
+        line += [f"{fam}: {fmt(r.metric(task.primary))} ({r.label})" for fam, r in best.items()]
+        rows.append(line)
+    _render(args)
+    print(f"\n{args.method} against the committed leaderboard (same test data; {'quick subsets, ' if args.quick else ''}best run per family):")
+    for line in rows:
+        print("  " + " | ".join(line))
+    print(f"private leaderboard: {private / 'index.md'}")
     return 0
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import render_all
-
-    print(f"leaderboard written: {render_all()}")
+    print(f"leaderboard written: {_render(args)}")
     return 0
+
+
+def cmd_records(args) -> int:
+    """Check every record file (report invalid lines) or rewrite them at the current schema."""
+    from .results import load_records as load
+    from .results import rewrite_records
+    from .tasks import list_tasks
+
+    root = Path(args.leaderboard) if args.leaderboard else None
+    problems: list[str] = []
+    for t in list_tasks():
+        if args.action == "migrate":
+            print(f"{t.name}: {rewrite_records(t.name, root)} record(s) at the current schema")
+        recs = load(t.name, root, warn=problems.append)
+        if args.action == "check":
+            print(f"{t.name}: {len(recs)} valid record(s)")
+    for p in problems:
+        print(f"  {p}")
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,19 +253,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--suite", help="suite TOML to use instead of suites/<task>.toml")
     s.add_argument("--dry-run", action="store_true",
                    help="list the runs and whether each is already recorded; run nothing")
+    s.add_argument("--leaderboard", help="write records and pages here instead of leaderboard/")
     s.set_defaults(fn=cmd_suite)
 
     r = sub.add_parser("run", parents=[common], help="run one method on one task")
     r.add_argument("task")
     r.add_argument("method")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    r.add_argument("--condition", action="append", metavar="NAME=VALUE",
+                   help="a task condition, e.g. composition=biased (repeatable; lists sweep)")
+    r.add_argument("--leaderboard", help="write records and pages here instead of leaderboard/")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--label", help="label for the leaderboard (default: the method name)")
     r.add_argument("--quick", action="store_true", help="small per-class subset of the data")
     r.add_argument("--no-save", action="store_true", help="print the result without recording it")
     r.set_defaults(fn=cmd_run)
 
-    sub.add_parser("leaderboard", parents=[common], help="re-render leaderboard pages from records").set_defaults(fn=cmd_leaderboard)
+    e = sub.add_parser("eval", parents=[common],
+                       help="run one method on every task into a private leaderboard, beside the committed one")
+    e.add_argument("method")
+    e.add_argument("--tasks", default="all", help="'all' or a comma-separated list")
+    e.add_argument("--leaderboard", help="private leaderboard folder (required)")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--label", help="label for the pages (default: the method name)")
+    e.add_argument("--quick", action="store_true", help="small per-class subsets")
+    e.set_defaults(fn=cmd_eval)
+
+    lb = sub.add_parser("leaderboard", parents=[common], help="re-render leaderboard pages from records")
+    lb.add_argument("--leaderboard", help="leaderboard folder (default: leaderboard/)")
+    lb.set_defaults(fn=cmd_leaderboard)
+
+    rc = sub.add_parser("records", parents=[common], help="check the record files, or migrate them to the current schema")
+    rc.add_argument("action", choices=["check", "migrate"])
+    rc.add_argument("--leaderboard", help="leaderboard folder (default: leaderboard/)")
+    rc.set_defaults(fn=cmd_records)
     return p
 
 

@@ -1,14 +1,17 @@
 """The method contract and registry.
 
 A method follows scikit-learn's estimator contract: `__init__` stores plain parameters only,
-`fit(split) -> self`, `predict_scores(split) -> (n, n_classes)` float array, `predict` is the
-argmax. Register it under a name and a suite TOML can build it:
+`fit(split) -> self`, `predict_scores(split)` returns an `(n, n_classes)` float array (or a
+`Scores` with auxiliary heads), `predict` is the argmax. Register a class, or a small function
+that returns a configured method (a preset, as timm registers models):
 
     from cvbench.methods import Method, register_method
+    from cvbench.params import Int
 
     @register_method("nearest-mean", family="classical")
     class NearestMean(Method):
-        def __init__(self, size=16):
+        parameters = {"size": Int(4, 256)}
+        def __init__(self, size=32):
             self.size = size
         def fit(self, split):
             ...
@@ -16,10 +19,18 @@ argmax. Register it under a name and a suite TOML can build it:
         def predict_scores(self, split):
             ...
 
-Three parameter names are special: `seed`, `device` and `n_jobs`. The runner fills them in
-from the run (when the method declares them); `device` and `n_jobs` do not enter the run key.
-After `fit`, a method may set `info_` (a JSON-able dict: backend used, learning curves,
-parameter count, budget...) and the runner stores it in the record.
+    @register_method("fastnet", family="deep")
+    def fastnet(**params):
+        return DeepClassifier(**{**FASTNET_RECIPE, **params})
+
+A registered method runs under every condition of every task (compositions, occlusion, ...):
+the runner applies conditions to the splits, never to the method. Parameters are declared in
+`parameters` (cvbench.params) and checked by `validate_params` before any fit.
+
+Some parameter names say how to run, not what: `RUNTIME_PARAMS`. The runner fills in
+`seed`, `device` and `n_jobs` when a method declares them; runtime parameters never enter the
+run key. After `fit`, a method may set `info_` (a JSON-able dict: backend, learning curves,
+budget, ...) and the runner stores it in the record.
 """
 
 from __future__ import annotations
@@ -27,33 +38,91 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
 from .errors import UserError
+from .params import validate_params
 
-RUNTIME_PARAMS = ("device", "n_jobs", "resume", "joblib_backend")  # how, not what: outside the run key
+#: How to run, not what: never part of a run key, never shown as a varying parameter.
+RUNTIME_PARAMS = ("device", "n_jobs", "resume", "joblib_backend")
+FAMILIES = ("classical", "deep", "pretrained", "baseline")
+
+
+@dataclass
+class Scores:
+    """What `predict_scores` may return instead of a bare array: the main (n, n_classes)
+    scores plus named auxiliary heads, e.g. {"gender": (n, 2), "age": (n, 9)}, scored by the
+    runner against the task's extra labels of the same name, and facts about the prediction
+    (`info`: test-side timings, cache hits) for the record, so that predict_scores never has
+    to change the fitted method."""
+
+    main: np.ndarray
+    aux: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, out: Any) -> Scores:
+        return out if isinstance(out, Scores) else cls(np.asarray(out))
+
+    def __array__(self, dtype=None, copy=None):
+        """A Scores reads as its main scores wherever numpy expects an array."""
+        return np.asarray(self.main, dtype=dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return np.shape(self.main)
 
 
 class Method(BaseEstimator):
-    """Base class: get_params/set_params from scikit-learn, predict = argmax of scores."""
+    """Base class: get_params/set_params from scikit-learn, predict = argmax of scores.
 
-    info_: dict[str, Any]
-    # Parameters whose change re-uses cached features (e.g. k of a k-NN on cached histograms):
-    # the leaderboard times such a run by the run of its block that computed the features.
+    Class attributes a method may set:
+      parameters:            {name: cvbench.params spec} (merged with the bases')
+      feature_cache_params:  parameters whose change re-uses cached features (k of a k-NN on
+                             cached histograms): the leaderboard times such a run by the run
+                             of its block that computed the features
+      batch_augment:         True when fit applies the training split's per-batch augmentation
+                             itself (the deep engine); otherwise the runner hands fit the
+                             split plus one augmented copy of every image
+    """
+
+    parameters: dict = {}
     feature_cache_params: tuple[str, ...] = ()
+    batch_augment: bool = False
+    info_: dict[str, Any]
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """Named parameters of every __init__ along the MRO, so a subclass may take **kwargs
+        for its base's parameters instead of retyping them (sklearn reads only its own)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object or not issubclass(klass, Method):
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                    names.add(p.name)
+        return sorted(names)
+
+    def validate(self, context: dict[str, Any] | None = None) -> None:
+        """Check every parameter against the declaration (raises UserError)."""
+        validate_params(type(self), self.get_params(deep=False), context,
+                        name=getattr(self, "registered_name", None))
 
     def fit(self, split):  # pragma: no cover - interface
         raise NotImplementedError
 
-    def predict_scores(self, split) -> np.ndarray:  # pragma: no cover - interface
+    def predict_scores(self, split):  # pragma: no cover - interface
         raise NotImplementedError
 
     def predict(self, split) -> np.ndarray:
-        return np.asarray(self.predict_scores(split)).argmax(axis=1)
+        return Scores.of(self.predict_scores(split)).main.argmax(axis=1)
 
     @property
     def run_info(self) -> dict[str, Any]:
@@ -62,37 +131,50 @@ class Method(BaseEstimator):
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registry entry: `build(**params)` returns the configured method."""
+
     name: str
-    cls: type
-    family: str  # "classical" or "deep" (or "baseline" for trivial predictors)
+    build: Callable[..., Method]
+    family: str
     description: str
 
+    @property
+    def cls(self) -> type:
+        return type(self.prototype())
+
+    def prototype(self) -> Method:
+        return self.build()
+
     def params(self) -> dict[str, Any]:
-        """Default parameters, from the class signature."""
-        sig = inspect.signature(self.cls.__init__)
-        return {
-            k: p.default
-            for k, p in sig.parameters.items()
-            if k != "self" and p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty
-        }
+        """Default parameters of the configured method."""
+        return self.prototype().get_params(deep=False)
 
 
 _METHODS: dict[str, MethodSpec] = {}
 _PLUGINS_LOADED = False
-PLUGIN_MODULES = ("cvbench.baselines", "cvbench.deep", "cvbench.tasks")
+PLUGIN_MODULES = ("cvbench.baselines", "cvbench.deep")
 
 
 def register_method(name: str, family: str = "classical", description: str = ""):
-    """Class decorator: make `cls` available as `name` to suites and the CLI."""
+    """Decorator for a Method class, or for a function returning a configured Method (a
+    preset such as `resnet-se`), making it available as `name` to suites and the CLI."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
-    def deco(cls):
-        if name in _METHODS and _METHODS[name].cls is not cls:
-            raise ValueError(f"method {name!r} registered twice ({_METHODS[name].cls} and {cls})")
-        doc = description or (inspect.getdoc(cls) or "").split("\n")[0]
-        _METHODS[name] = MethodSpec(name, cls, family, doc)
-        cls.registered_name = name
-        cls.family = family
-        return cls
+    def deco(obj):
+        if name in _METHODS and _METHODS[name].build is not obj:
+            raise ValueError(f"method {name!r} registered twice ({_METHODS[name].build} and {obj})")
+        doc = description or (inspect.getdoc(obj) or "").split("\n")[0]
+
+        def build(**params):
+            method = obj(**params)
+            method.registered_name = name
+            method.family = family
+            return method
+
+        build.__wrapped__ = obj  # type: ignore[attr-defined]
+        _METHODS[name] = MethodSpec(name, build, family, doc)
+        return obj
 
     return deco
 
@@ -124,13 +206,15 @@ def list_methods() -> list[MethodSpec]:
 
 def get_method_spec(name: str) -> MethodSpec:
     load_plugins()
-    if name not in _METHODS:
+    if not isinstance(name, str) or name not in _METHODS:
         raise UserError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
 
 
 def create_method(name: str, **params) -> Method:
-    """Build a registered method, rejecting unknown parameters with the list of valid ones."""
+    """Build a registered method, rejecting unknown parameters with the list of valid ones.
+
+    Values are not checked here (`__init__` only stores): `validate_params` does that."""
     spec = get_method_spec(name)
     valid = spec.params()
     unknown = sorted(set(params) - set(valid))
@@ -138,10 +222,7 @@ def create_method(name: str, **params) -> Method:
         raise UserError(
             f"method {name!r} has no parameter {unknown[0]!r}; valid parameters: {', '.join(sorted(valid))}"
         )
-    try:
-        return spec.cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"method {name!r}: bad parameters {params}: {exc}") from None
+    return spec.build(**params)
 
 
 def full_params(method: Method) -> dict[str, Any]:
@@ -160,68 +241,22 @@ def key_params(method: Method) -> dict[str, Any]:
     return hook(params) if callable(hook) else params
 
 
+def method_facts(name: str, method: Method) -> dict[str, Any]:
+    """What the leaderboard needs to know about a method, stored in each record so that
+    rendering never asks the registry: family, defaults, feature_cache_params."""
+    spec = get_method_spec(name)
+    return {
+        "family": spec.family,
+        "defaults": {k: _plain(v) for k, v in sorted(spec.params().items()) if k not in RUNTIME_PARAMS},
+        "feature_cache_params": list(getattr(method, "feature_cache_params", ()) or ()),
+    }
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, list):
+    if isinstance(v, (tuple, list)):
         return [_plain(x) for x in v]
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     return v
-
-
-def method_variant(
-    base: type,
-    name: str | None = None,
-    doc: str | None = None,
-    defaults: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-    validate=None,
-    namespace: dict[str, Any] | None = None,
-) -> type:
-    """A subclass of method class `base` with new defaults and extra parameters, without
-    retyping base's signature (which scikit-learn's get_params reads).
-
-    defaults:  new defaults for base's own parameters (or for names in `extra`)
-    extra:     new parameters {name: default}, stored as attributes after base.__init__
-    validate:  called with {extra name: value} before base.__init__ (raise UserError)
-    namespace: methods of the subclass (fit, predict_scores, ...); they may call base's
-    """
-    defaults, extra = dict(defaults or {}), dict(extra or {})
-    P = inspect.Parameter
-    params = [p for n, p in inspect.signature(base.__init__).parameters.items() if n != "self"]
-    bad = [p.name for p in params if p.kind not in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
-    if bad:
-        raise TypeError(f"{base.__name__}.__init__ takes *args/**kwargs ({bad}); cannot extend it")
-    names = {p.name for p in params}
-    own = [k for k in extra if k not in names]
-    unknown = sorted(set(defaults) - names - set(own))
-    if unknown:
-        raise TypeError(f"{base.__name__} has no parameter(s) {unknown}")
-    extra.update({k: v for k, v in defaults.items() if k in own})
-    signature = inspect.Signature(
-        [P("self", P.POSITIONAL_OR_KEYWORD)]
-        + [p.replace(kind=P.POSITIONAL_OR_KEYWORD, default=defaults.get(p.name, p.default))
-           for p in params]
-        + [P(k, P.POSITIONAL_OR_KEYWORD, default=extra[k]) for k in own]
-    )
-
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        values.pop("self")
-        mine = {k: values.pop(k) for k in own}
-        if validate is not None:
-            validate(mine)
-        base.__init__(self, **values)
-        for k, v in mine.items():
-            setattr(self, k, v)
-
-    __init__.__signature__ = signature  # type: ignore[attr-defined]
-    cls_name = name or f"{base.__name__}Variant"
-    body = {"__init__": __init__, "__doc__": doc or base.__doc__, "__module__": base.__module__,
-            "__qualname__": cls_name, **(namespace or {})}
-    return type(cls_name, (base,), body)

@@ -1,5 +1,6 @@
 """Metrics for every task: accuracy & co, per-class report, top-k, QWK, MAP@5, per-group
-accuracy with disparity, referable-DR sensitivity/specificity, and bootstrap intervals.
+accuracy with disparity, bootstrap intervals (by item, by group, paired), and the registry
+through which a task names its metrics (task-only metrics register from the task folder).
 
 Conventions (so records never hold NaN):
 - Empty input (n = 0) gives 0.0 for every rate and (0.0, 0.0) for intervals.
@@ -12,14 +13,14 @@ Conventions (so records never hold NaN):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
 __all__ = [
-    "EXTRA_METRICS",
     "accuracy",
     "balanced_accuracy",
     "bootstrap_ci",
@@ -27,19 +28,17 @@ __all__ = [
     "disparity_summary",
     "evaluate",
     "group_accuracy",
+    "group_bootstrap",
+    "register_metric",
     "macro_f1",
     "map_at_k",
     "paired_bootstrap_diff",
     "per_class_report",
     "quadratic_weighted_kappa",
-    "referable_dr",
     "top_k_accuracy",
     "unpaired_bootstrap_diff",
 ]
 
-#: Extra metric names a task may list in `Task.metrics` ("groups:<spec>" takes a group key
-#: or "a*b" for the pair of two keys; "per_class" is accepted and always on).
-EXTRA_METRICS = ("topk", "qwk", "map5", "referable", "per_class", "groups:<key>", "groups:<a>*<b>")
 
 
 def _labels(y: Any) -> np.ndarray:
@@ -175,18 +174,6 @@ def quadratic_weighted_kappa(y_true: Any, y_pred: Any, n_classes: int | None = N
         warnings.simplefilter("ignore", UserWarning)  # sklearn's "undefined" warning
         kappa = float(skm.cohen_kappa_score(y_true, y_pred, labels=labels, weights="quadratic"))
     return 0.0 if not np.isfinite(kappa) else kappa
-
-
-def referable_dr(y_true: Any, y_pred: Any, threshold: int = 2) -> dict[str, float]:
-    """Sensitivity and specificity for referable diabetic retinopathy (grade >= threshold)."""
-    y_true, y_pred = _check_pair(y_true, y_pred)
-    pos_true, pos_pred = y_true >= threshold, y_pred >= threshold
-    tp = np.sum(pos_true & pos_pred)
-    tn = np.sum(~pos_true & ~pos_pred)
-    return {
-        "sensitivity": float(_ratio(tp, pos_true.sum())),
-        "specificity": float(_ratio(tn, (~pos_true).sum())),
-    }
 
 
 def _group_keys(groups: Any) -> np.ndarray:
@@ -329,18 +316,236 @@ def _group_values(groups: Mapping[str, Any] | None, spec: str, n: int) -> np.nda
     return out
 
 
-def _validate_extras(extras: Sequence[str]) -> None:
-    plain = {"topk", "qwk", "map5", "referable", "per_class"}
-    bad = [e for e in extras if e not in plain and not (e.startswith("groups:") and len(e) > 7)]
-    if bad:
-        raise ValueError(f"unknown metric(s) {bad}; valid: {', '.join(EXTRA_METRICS)}")
+# ---------------------------------------------------------------- bootstrap by group
+def group_bootstrap(
+    correct: Any, strata: Any, n_boot: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Stratified paired bootstrap of per-group accuracy for R runs on the same test items.
+
+    correct: (R, n) bool, one row per run; strata: (n,) group label per item. Items are
+    resampled within each group (the test design fixes the group sizes), with the same draws
+    for every run, so differences between runs are paired. Returns arrays of shape (R, B)
+    for "overall", "balanced" (the mean of the per-group accuracies), "gap" (max - min over
+    groups), "std", "min", and (R, G, B) "per_group"; "groups" lists the group names.
+    """
+    correct = np.atleast_2d(np.asarray(correct, dtype=bool))
+    strata = np.asarray(strata).astype(str)
+    names, inverse = np.unique(strata, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    n_runs, n = correct.shape
+    per_group = np.empty((n_runs, len(names), n_boot))
+    weights = np.bincount(inverse, minlength=len(names)) / max(n, 1)
+    for g in range(len(names)):
+        idx = np.flatnonzero(inverse == g)
+        draw = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]
+        per_group[:, g, :] = correct[:, draw].mean(axis=2)
+    return {
+        "groups": names,
+        "per_group": per_group,
+        "overall": np.einsum("g,rgb->rb", weights, per_group),
+        "balanced": per_group.mean(axis=1),
+        "gap": per_group.max(axis=1) - per_group.min(axis=1),
+        "std": per_group.std(axis=1),
+        "min": per_group.min(axis=1),
+    }
+
+
+def group_statistics(correct: Any, strata: Any) -> dict[str, Any]:
+    """The statistics of `group_bootstrap` on the observed data, for R runs."""
+    correct = np.atleast_2d(np.asarray(correct, dtype=bool))
+    names, inverse = np.unique(np.asarray(strata).astype(str), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(names))
+    per_group = np.stack([np.bincount(inverse, weights=c, minlength=len(names)) / counts for c in correct])
+    return {"groups": names, "per_group": per_group, "overall": correct.mean(axis=1),
+            "balanced": per_group.mean(axis=1), "gap": per_group.max(1) - per_group.min(1),
+            "std": per_group.std(1), "min": per_group.min(1)}
+
+
+def resample_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> list[np.ndarray]:
+    """Bootstrap resamples of item indices: items with replacement, or whole groups with
+    replacement when `groups` (per-item group ids, e.g. patients) is given, so items of one
+    group (both eyes of a patient) always move together."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return [rng.integers(0, n, size=n) for _ in range(n_boot)]
+    names, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
+    out = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), size=len(members))
+        out.append(np.concatenate([members[g] for g in pick]) if len(pick) else np.zeros(0, np.int64))
+    return out
+
+
+def bootstrap_metric(fn, y_true: Any, y_pred: Any, n_boot: int = 1000, seed: int = 0,
+                     groups: Any = None, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile (1 - alpha) interval of fn(y_true, y_pred) over bootstrap resamples
+    (`resample_indices`: by item, or by group); (0.0, 0.0) when empty."""
+    y_true, y_pred = _check_pair(y_true, y_pred)
+    if not len(y_true):
+        return 0.0, 0.0
+    values = [fn(y_true[i], y_pred[i]) for i in resample_indices(len(y_true), n_boot, seed, groups)]
+    return _quantiles(np.asarray(values, dtype=np.float64), alpha)
+
+
+def bootstrap_mean(values: Any, n_boot: int = 1000, seed: int = 0, groups: Any = None,
+                   alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of the mean of per-item values (e.g. reciprocal ranks: MAP@5 by
+    query), resampling items or whole groups; (0.0, 0.0) when empty."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not len(v):
+        return 0.0, 0.0
+    means = [v[i].mean() if len(i) else 0.0 for i in resample_indices(len(v), n_boot, seed, groups)]
+    return _quantiles(np.asarray(means), alpha)
+
+
+# ---------------------------------------------------------------- the metric registry
+@dataclass(frozen=True)
+class MetricInput:
+    """What a metric sees: truth, argmax predictions, scores, classes and the test groups."""
+
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    scores: np.ndarray
+    classes: tuple[str, ...]
+    groups: Mapping[str, Any]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: compute(input) -> a value or a dict of named values.
+
+    bootstrap: how its 95% interval is resampled, stored as `<name>_ci` for a scalar
+    metric: "item" (test items), "group:<key>" (whole groups, e.g. "group:patient" so both
+    eyes move together), or None (no interval). per_item(input) -> (n,) values makes the
+    interval the bootstrap of their mean (MAP@5 by query); pair(y_true, y_pred) -> value
+    makes it the bootstrap of that function."""
+
+    name: str
+    compute: Callable[[MetricInput], Any]
+    bootstrap: str | None = None
+    per_item: Callable[[MetricInput], np.ndarray] | None = None
+    pair: Callable[[np.ndarray, np.ndarray], float] | None = None
+    description: str = ""
+
+    def interval(self, inp: MetricInput) -> list[float] | None:
+        if self.bootstrap is None:
+            return None
+        groups = None
+        if self.bootstrap.startswith("group:"):
+            key = self.bootstrap.split(":", 1)[1]
+            groups = inp.groups.get(key)
+            if groups is None:
+                return None
+        if self.per_item is not None:
+            return list(bootstrap_mean(self.per_item(inp), seed=inp.seed, groups=groups))
+        if self.pair is not None:
+            return list(bootstrap_metric(self.pair, inp.y_true, inp.y_pred, seed=inp.seed, groups=groups))
+        return None
+
+
+_METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, bootstrap: str | None = None, per_item=None, pair=None):
+    """Decorator: `@register_metric("qwk", bootstrap="group:patient", pair=...)` on a
+    function of a `MetricInput`. Task-only metrics register from their task's protocol.py."""
+
+    def deco(fn):
+        _METRICS[name] = Metric(name, fn, bootstrap, per_item, pair,
+                                (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def get_metric(name: str) -> Metric:
+    if name.startswith("groups:") and len(name) > 7:
+        spec = name.removeprefix("groups:")
+        return Metric(name, lambda inp: _groups_metric(inp, spec))
+    if name not in _METRICS:
+        _load_task_metrics()
+    if name not in _METRICS:
+        raise ValueError(f"unknown metric {name!r}; registered: {', '.join(sorted(_METRICS))}, groups:<key>")
+    return _METRICS[name]
+
+
+def _load_task_metrics() -> None:
+    """Import every task's protocol module: task-only metrics register there."""
+    from .tasks import get_task, task_names
+
+    for name in task_names():
+        get_task(name).module("protocol")
+
+
+def metric_names() -> list[str]:
+    return sorted(_METRICS)
+
+
+def _groups_metric(inp: MetricInput, spec: str) -> dict[str, Any]:
+    per_group = group_accuracy(inp.y_true, inp.y_pred, _group_values(inp.groups, spec, len(inp.y_true)))
+    return {"per_group": per_group, "summary": disparity_summary(per_group)}
+
+
+def _reciprocal_rank5(inp: MetricInput) -> np.ndarray:
+    rank = _true_class_rank(inp.y_true, inp.scores)
+    return np.where(rank <= 5, 1.0 / rank, 0.0)
+
+
+def _qwk_pair(n_classes: int):
+    def fn(y_true, y_pred):
+        return quadratic_weighted_kappa_fast(y_true, y_pred, n_classes)
+    return fn
+
+
+def quadratic_weighted_kappa_fast(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """The same value as `quadratic_weighted_kappa` from a bincount confusion matrix (no
+    sklearn call): for bootstrap resamples and threshold searches."""
+    k = n_classes
+    y_true, y_pred = _check_pair(y_true, y_pred)
+    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(np.float64)
+    n = cm.sum()
+    if n == 0:
+        return 0.0
+    idx = np.arange(k)
+    w = (idx[:, None] - idx[None, :]) ** 2
+    expected = np.outer(cm.sum(1), cm.sum(0)) / n
+    den = float((w * expected).sum())
+    return 0.0 if den == 0 else 1.0 - float((w * cm).sum()) / den
+
+
+@register_metric("topk")
+def _topk(inp: MetricInput) -> dict[str, float]:
+    """top-1 and top-5 accuracy"""
+    return {"top1_accuracy": top_k_accuracy(inp.y_true, inp.scores, 1),
+            "top5_accuracy": top_k_accuracy(inp.y_true, inp.scores, 5)}
+
+
+@register_metric("map5", bootstrap="item", per_item=_reciprocal_rank5)
+def _map5(inp: MetricInput) -> dict[str, float]:
+    """Kaggle MAP@5 (one relevant class per query), interval resampled by query"""
+    return {"map5": map_at_k(inp.y_true, inp.scores, 5),
+            "top5_accuracy": top_k_accuracy(inp.y_true, inp.scores, 5)}
+
+
+class _QWK(Metric):
+    def interval(self, inp: MetricInput) -> list[float] | None:
+        groups = inp.groups.get("patient")
+        return list(bootstrap_metric(_qwk_pair(len(inp.classes)), inp.y_true, inp.y_pred,
+                                     seed=inp.seed, groups=groups))
+
+
+_METRICS["qwk"] = _QWK("qwk", lambda inp: quadratic_weighted_kappa(inp.y_true, inp.y_pred, len(inp.classes)),
+                       bootstrap="group:patient",
+                       description="quadratic weighted kappa, interval resampled by patient when the test split has patients")
 
 
 def evaluate(
     y_true: Any,
     scores: Any,
     classes: Sequence[str],
-    extras: Sequence[str] = (),
+    metrics: Sequence[str] = (),
     groups: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -348,14 +553,12 @@ def evaluate(
 
     Always: accuracy, accuracy_ci [lo, hi] (95% percentile bootstrap, 1000 resamples, `seed`),
     balanced_accuracy, macro_f1, confusion (counts, rows = true), per_class
-    {class: {precision, recall, specificity, f1, ovr_accuracy, support}}, mean_ovr_accuracy
-    (per-class one-vs-rest accuracies averaged, as the retinopathy study reports "accuracy").
-    `extras` (from Task.metrics) add: "topk" -> top1_accuracy, top5_accuracy; "qwk" -> qwk;
-    "map5" -> map5, top5_accuracy; "referable" -> referable {sensitivity, specificity};
-    "groups:<spec>" -> groups[spec] = {"per_group", "summary"}. Predictions are argmax(scores).
+    {class: {precision, recall, specificity, f1, ovr_accuracy, support}}. `metrics` (from the
+    task) names registered metrics ("topk", "map5", "qwk", task-only ones) and "groups:<spec>"
+    (per-group accuracy and disparity; spec = a group key or "a*b"). A registered metric with
+    a bootstrap rule adds `<name>_ci`. Predictions are argmax(scores).
     """
-    extras = tuple(extras)
-    _validate_extras(extras)
+    specs = [get_metric(m) for m in metrics if m != "per_class"]
     classes = tuple(classes)
     n_classes = len(classes)
     y_true = _labels(y_true)
@@ -379,24 +582,18 @@ def evaluate(
             name: {k: (int(v[i]) if k == "support" else float(v[i])) for k, v in report.items()}
             for i, name in enumerate(classes)
         },
-        "mean_ovr_accuracy": float(report["ovr_accuracy"].mean()) if n_classes else 0.0,
     }
-    for extra in extras:
-        if extra == "topk":
-            out["top1_accuracy"] = top_k_accuracy(y_true, scores, 1)
-            out["top5_accuracy"] = top_k_accuracy(y_true, scores, 5)
-        elif extra == "map5":
-            out["map5"] = map_at_k(y_true, scores, 5)
-            out["top5_accuracy"] = top_k_accuracy(y_true, scores, 5)
-        elif extra == "qwk":
-            out["qwk"] = quadratic_weighted_kappa(y_true, y_pred, n_classes)
-        elif extra == "referable":
-            out["referable"] = referable_dr(y_true, y_pred)
-        elif extra.startswith("groups:"):
-            spec = extra.removeprefix("groups:")
-            per_group = group_accuracy(y_true, y_pred, _group_values(groups, spec, len(y_true)))
-            out.setdefault("groups", {})[spec] = {
-                "per_group": per_group,
-                "summary": disparity_summary(per_group),
-            }
+    inp = MetricInput(y_true, y_pred, scores, classes, groups or {}, seed)
+    for spec in specs:
+        value = spec.compute(inp)
+        if spec.name.startswith("groups:"):
+            out.setdefault("groups", {})[spec.name.removeprefix("groups:")] = value
+            continue
+        if isinstance(value, dict):
+            out.update(value)
+        else:
+            out[spec.name] = value
+        ci = spec.interval(inp)
+        if ci is not None:
+            out[f"{spec.name}_ci"] = ci
     return out

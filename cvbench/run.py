@@ -1,9 +1,19 @@
-"""Run one method on one task: fit on train, score test, compute metrics, build the record."""
+"""Plan and execute runs: one pass per run.
+
+`plan_runs` reads the task's splits once, builds and checks every run (parameters against the
+method's declaration, conditions against the task's), computes its run key and whether it is
+already recorded, and groups runs that share one fit (same method, parameters, seed and
+training-side conditions; they differ only in test-side conditions). `execute` fits once per
+group, predicts under every test condition, evaluates and appends one record per run.
+Nothing is built or keyed twice.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +21,23 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import env
-from .methods import create_method, full_params, key_params
-from .results import append_record, completed_keys, run_key
+from .conditions import apply_test, apply_train, split_conditions
+from .errors import UserError
+from .methods import (
+    RUNTIME_PARAMS,
+    Method,
+    Scores,
+    create_method,
+    full_params,
+    key_params,
+    method_facts,
+)
+from .results import RunRecord, append_record, completed_keys, run_key
 from .split import Split, drop_unreadable, per_class_limit
+from .suite import RunSpec, SuiteReport
 from .tasks import Task, get_task
+
+SCORE_CLASSES_IN_FULL = 10  # up to this many classes a record keeps every score; else the top 5
 
 
 @dataclass
@@ -30,18 +53,43 @@ class RunOptions:
     save: bool = True
     progress: bool = True
     blas_threads: int | None = None
+    leaderboard: str | None = None  # write records here instead of the committed leaderboard
 
 
 @dataclass
-class RunSpec:
-    """What to run: a method with parameters and a seed (one point of a suite's sweep)."""
+class PlannedRun:
+    spec: RunSpec
+    key: str
+    recorded: bool
+
+
+@dataclass
+class FitGroup:
+    """Runs that share one fit: the same method, parameters, seed and training conditions."""
 
     method: str
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    label: str = ""
-    sweep: tuple[str, ...] = ()
-    block: int = 0
+    params: dict[str, Any]
+    seed: int
+    train_conditions: dict[str, Any]
+    runs: list[PlannedRun] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[PlannedRun]:
+        return [r for r in self.runs if not r.recorded]
+
+
+@dataclass
+class Plan:
+    task: Task
+    train: Split
+    test: Split
+    device: str
+    groups: list[FitGroup]
+    skipped_gpu: list[RunSpec] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[PlannedRun]:
+        return [r for g in self.groups for r in g.runs]
 
 
 def load_task_splits(task: Task, options: RunOptions, seed: int = 0) -> tuple[Split, Split]:
@@ -56,7 +104,7 @@ def load_task_splits(task: Task, options: RunOptions, seed: int = 0) -> tuple[Sp
     return train, test
 
 
-def build_method(spec: RunSpec, options: RunOptions):
+def build_method(spec: RunSpec, device: str, n_jobs: int | None) -> Method:
     """Create the method and fill in the runtime parameters it declares (seed, device, n_jobs)."""
     method = create_method(spec.method, **spec.params)
     declared = method.get_params(deep=False)
@@ -64,127 +112,252 @@ def build_method(spec: RunSpec, options: RunOptions):
     if "seed" in declared and "seed" not in spec.params:
         runtime["seed"] = spec.seed
     if "device" in declared and "device" not in spec.params:
-        runtime["device"] = env.resolve_device(options.device)
-    if "n_jobs" in declared and "n_jobs" not in spec.params and options.n_jobs is not None:
-        runtime["n_jobs"] = options.n_jobs
+        runtime["device"] = device
+    if "n_jobs" in declared and "n_jobs" not in spec.params and n_jobs is not None:
+        runtime["n_jobs"] = n_jobs
     if runtime:
         method.set_params(**runtime)
     return method
 
 
-def record_key(task: Task, train: Split, test: Split, spec: RunSpec, method, quick: bool) -> str:
-    return run_key(task.name, [train.fingerprint, test.fingerprint], spec.method,
-                   key_params(method), spec.seed, quick)
+def _check_conditions(task: Task, spec: RunSpec) -> None:
+    known = task.conditions
+    for name, value in spec.conditions.items():
+        if name not in known:
+            valid = ", ".join(sorted(known)) or "none"
+            raise UserError(f"task {task.name!r} has no condition {name!r}; its conditions: {valid}")
+        known[name].validate(value, task.name)
 
 
-def run_one(task: Task | str, spec: RunSpec, options: RunOptions | None = None,
-            splits: tuple[Split, Split] | None = None) -> dict[str, Any] | None:
-    """Fit, predict and evaluate one run; append its record unless options.save is False.
-
-    Returns the record, or None when a record with the same key exists and not options.force.
-    """
-    from .metrics import evaluate
-
-    options = options or RunOptions()
+def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
+              gpu_blocks: set[int] = frozenset(), log=print,
+              splits: tuple[Split, Split] | None = None) -> Plan:
+    """Check and key every spec (see the module docstring); GPU-only blocks are dropped, and
+    said so, when the device is the CPU. `splits` replaces the task's (train, test) (tests,
+    notebooks)."""
     task = get_task(task) if isinstance(task, str) else task
-    train, test = splits or load_task_splits(task, options, seed=spec.seed)
-    method = build_method(spec, options)
-    key = record_key(task, train, test, spec, method, options.quick)
-    if options.save and not options.force and key in completed_keys(task.name):
-        return None
-
+    if options.n_jobs is not None and options.n_jobs < 1:
+        raise UserError(f"--jobs must be a positive number of processes, got {options.n_jobs}")
     device = env.resolve_device(options.device)
+    skipped = [s for s in specs if s.block in gpu_blocks] if device == "cpu" else []
+    if skipped:
+        labels = sorted({s.label for s in skipped})
+        log(f"skipping {len(skipped)} GPU-protocol run(s) on the CPU: {'; '.join(labels)} "
+            f"(run with --device cuda on a GPU machine)")
+    specs = [s for s in specs if s not in skipped]
+    train, test = splits or load_task_splits(task, options, seed=0)
+    context = {"n_train": len(train)}
+    done = set() if options.force else completed_keys(task.name, _root(options))
+    groups: dict[str, FitGroup] = {}
+    for spec in specs:
+        _check_conditions(task, spec)
+        method = build_method(spec, device, options.n_jobs)
+        method.validate(context)
+        kp = key_params(method)
+        key = run_key(task.name, [train.fingerprint, test.fingerprint], spec.method, kp, spec.seed,
+                      options.quick, spec.conditions or None)
+        train_cond, _ = split_conditions(spec.conditions, task.conditions)
+        fit_id = json.dumps([spec.method, kp, spec.seed, train_cond], sort_keys=True, default=str)
+        group = groups.setdefault(fit_id, FitGroup(spec.method, spec.params, spec.seed, train_cond))
+        if not any(r.key == key for r in group.runs):
+            group.runs.append(PlannedRun(spec, key, key in done))
+    log(f"{task.name}: train {len(train)} / test {len(test)} images "
+        f"({test.meta.get('variant', '')}){' [quick]' if options.quick else ''}; "
+        f"{sum(len(g.runs) for g in groups.values())} run(s) on {device}")
+    return Plan(task, train, test, device, list(groups.values()), skipped)
+
+
+def _root(options: RunOptions):
+    from pathlib import Path
+
+    return Path(options.leaderboard) if options.leaderboard else None
+
+
+def execute(plan: Plan, options: RunOptions, report: SuiteReport | None = None, log=print
+            ) -> SuiteReport:
+    """Fit each group with pending runs once, predict under each test condition, record."""
+    from tqdm.auto import tqdm
+
+    report = report or SuiteReport(task=plan.task.name)
+    t0 = time.perf_counter()
+    todo = [g for g in plan.groups if options.force or g.pending]
+    report.resumed += sum(len(g.runs) for g in plan.groups if g not in todo)
+    bar = tqdm(total=sum(len(g.runs) for g in todo), desc=f"suite {plan.task.name}", unit="run",
+               disable=not options.progress)
+    for group in todo:
+        runs = group.runs if options.force else group.pending
+        if not options.force:
+            report.resumed += len(group.runs) - len(runs)
+        bar.set_postfix_str(runs[0].spec.short(), refresh=False)
+        try:
+            for record in run_group(plan, group, runs, options):
+                report.done += 1
+                bar.update(1)
+                primary = record.metric(plan.task.primary)
+                bar.write(f"  {record.label} {_point(record)}: {plan.task.primary} "
+                          f"{primary if primary is not None else float('nan'):.4f} "
+                          f"({record.run_seconds:.1f} s)")
+        except UserError:
+            raise
+        except Exception as exc:  # one broken run must not lose a long suite
+            for run in runs:
+                report.failed.append((run.spec.short(), f"{type(exc).__name__}: {exc}"))
+            log(f"run failed: {runs[0].spec.short()}: {type(exc).__name__}: {exc}")
+            log("".join(traceback.format_exception(exc, limit=-3)))
+            bar.update(len(runs))
+    bar.close()
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _point(record: RunRecord) -> str:
+    values = {**record.params, **record.conditions}
+    swept = ", ".join(f"{k}={values.get(k)}" for k in record.sweep)
+    return f"[{swept}]" if swept else ""
+
+
+def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunOptions
+              ) -> list[RunRecord]:
+    """Fit once under the group's training conditions; one record per run (test condition)."""
+    from .pixels import with_augmented_copy
+
+    task = plan.task
+    known = task.conditions
+    first = runs[0].spec
+    method = build_method(first, plan.device, options.n_jobs)
+    train = apply_train(plan.train, group.train_conditions, known, group.seed)
+    augment = None
+    if train.augment is not None:
+        aug = train.augment
+        how = (f"per batch, each image with probability {aug.p}" if method.batch_augment
+               else "the training split plus one augmented copy of every image")
+        augment = {"name": aug.name, "how": how, **aug.facts}
+        if not method.batch_augment:
+            train = with_augmented_copy(train, seed=10_000 + group.seed)
+    method.validate({"n_train": len(train)})
+    task.module("protocol")  # task-only metrics register there
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     load_before = env.load_average()
     with threadpool_limits(limits=options.blas_threads):
         t0 = time.perf_counter()
         method.fit(train)
-        t1 = time.perf_counter()
-        scores = np.asarray(method.predict_scores(test), dtype=np.float64)
-        t2 = time.perf_counter()
-    if scores.shape != (len(test), test.n_classes):
-        raise RuntimeError(
-            f"{spec.method}.predict_scores returned shape {scores.shape}, expected {(len(test), test.n_classes)}"
-        )
-    metrics = evaluate(test.labels, scores, test.classes, extras=task.metrics, groups=test.groups,
-                       seed=spec.seed)
-    aux = getattr(method, "aux_scores_", None) or {}
-    if aux:
-        metrics["aux"] = _aux_metrics(aux, test)
+        fit_s = time.perf_counter() - t0
+    fit_info = method.run_info
+    records = []
+    for i, run in enumerate(runs):
+        _, test_cond = split_conditions(run.spec.conditions, known)
+        test = apply_test(plan.test, test_cond, known, run.spec.seed)
+        with threadpool_limits(limits=options.blas_threads):
+            t1 = time.perf_counter()
+            out = Scores.of(method.predict_scores(test))
+            predict_s = time.perf_counter() - t1
+        record = _record(task, plan, run, method, train, test, out, fit_info, fit_s, predict_s,
+                         started, load_before, options, fit_reused=i > 0)
+        if augment:
+            record.data["train_augment"] = augment
+        if options.save and env.is_main_process():
+            append_record(record, _root(options))
+        records.append(record)
+    return records
 
-    info = method.run_info
-    record = {
-        "key": key,
-        "task": task.name,
-        "method": spec.method,
-        "family": getattr(method, "family", "classical"),
-        "params": full_params(method),
-        "seed": spec.seed,
-        "label": spec.label or spec.method,
-        "block": spec.block,
-        "sweep": list(spec.sweep),
-        "quick": options.quick,
-        "data": {
-            "variant": test.meta.get("variant") or train.meta.get("variant") or task.name,
-            "train": train.describe(),
-            "test": test.describe(),
-            "bad_images_skipped": int(train.meta.get("bad_images", 0)) + int(test.meta.get("bad_images", 0)),
-        },
-        "metrics": metrics,
-        "predictions": _predictions(task, test, scores),
-        "timings": {
-            "fit_s": round(t1 - t0, 4),
-            "predict_s": round(t2 - t1, 4),
-            "total_s": round(t2 - t0, 4),
-            "per_image_ms": round(1000 * (t2 - t1) / max(1, len(test)), 4),
-            "load_avg": [load_before, env.load_average()],
-            **{k: v for k, v in (info.pop("timings", {}) or {}).items()},
-        },
-        "info": info,
-        "budget": info.get("budget") or {},
-        "device": env.device_info(device) if family_uses_device(method) else env.device_info("cpu"),
-        "versions": env.versions(),
-        "git": env.git_revision(),
-        "started": started,
+
+def _record(task: Task, plan: Plan, run: PlannedRun, method: Method, train: Split, test: Split,
+            out: Scores, fit_info: dict, fit_s: float, predict_s: float, started: str,
+            load_before, options: RunOptions, fit_reused: bool) -> RunRecord:
+    from .metrics import evaluate
+
+    spec = run.spec
+    scores = np.asarray(out.main, dtype=np.float64)
+    if scores.shape != (len(test), test.n_classes):
+        raise RuntimeError(f"{spec.method}.predict_scores returned shape {scores.shape}, "
+                           f"expected {(len(test), test.n_classes)}")
+    metrics = evaluate(test.labels, scores, test.classes, metrics=task.metrics, groups=test.groups,
+                       seed=spec.seed)
+    if out.aux:
+        metrics["aux"] = _aux_metrics(out.aux, test)
+    info = dict(fit_info)
+    for k, v in out.info.items():  # test-side facts; dicts merge into the fit's
+        info[k] = {**info[k], **v} if isinstance(v, dict) and isinstance(info.get(k), dict) else v
+    timings = {"fit_s": round(fit_s, 4), "predict_s": round(predict_s, 4),
+               "total_s": round(fit_s + predict_s, 4),
+               "per_image_ms": round(1000 * predict_s / max(1, len(test)), 4),
+               "load_avg": [load_before, env.load_average()], **(info.pop("timings", {}) or {})}
+    if fit_reused:
+        info["fit_reused"] = "trained once for every test condition; fit time is the shared fit's"
+    data = {
+        "variant": test.meta.get("variant") or train.meta.get("variant") or task.name,
+        "train": plan.train.describe(),
+        "test": plan.test.describe(),
+        "bad_images_skipped": int(plan.train.meta.get("bad_images", 0)) + int(plan.test.meta.get("bad_images", 0)),
     }
-    if options.save and env.is_main_process():
-        append_record(record)
-    return record
+    if train.fingerprint != plan.train.fingerprint:
+        data["train_used"] = train.describe()
+    if test.fingerprint != plan.test.fingerprint:
+        data["test_used"] = test.describe()
+    uses_device = "device" in method.get_params(deep=False)
+    return RunRecord(
+        key=run.key, task=task.name, method=spec.method, family=getattr(method, "family", "classical"),
+        params=full_params(method), seed=spec.seed, label=spec.label or spec.method,
+        block=spec.block, sweep=list(spec.sweep), conditions=dict(spec.conditions),
+        quick=options.quick, data=data, metrics=metrics,
+        predictions=_predictions(task, test, scores), timings=timings, info=info,
+        budget=info.get("budget") or {},
+        device=env.device_info(plan.device if uses_device else "cpu"),
+        versions=env.versions(), git=env.git_revision(), started=started,
+        method_facts=method_facts(spec.method, method),
+    )
+
+
+def _group_keys(task: Task) -> list[str]:
+    keys = {k for m in task.metrics if m.startswith("groups:") for k in m.split(":", 1)[1].split("*")}
+    if task.val_group_key:
+        keys.add(task.val_group_key)
+    return sorted(keys)
 
 
 def _predictions(task: Task, test: Split, scores: np.ndarray) -> dict[str, Any]:
-    """Per-item truth and prediction (and the group keys the task's metrics use), so pages can
-    bootstrap differences between runs from records alone."""
-    out: dict[str, Any] = {"y_true": test.labels.tolist(), "y_pred": scores.argmax(1).tolist()}
-    keys = sorted({k for spec in task.metrics if spec.startswith("groups:")
-                   for k in spec.split(":", 1)[1].split("*")})
+    """Per item: id, truth, prediction, scores (float16; the top 5 when there are many
+    classes) and the group ids the task's metrics resample or stratify by, so intervals,
+    paired tests and error analysis need no data at render time."""
+    out: dict[str, Any] = {"ids": test.item_ids(), "y_true": test.labels.tolist(),
+                           "y_pred": scores.argmax(1).tolist() if len(scores) else []}
+    keys = [k for k in _group_keys(task) if k in test.groups]
     if keys:
-        out["groups"] = {k: [str(v) for v in test.groups[k]] for k in keys if k in test.groups}
-    if "map5" in task.metrics:
+        out["groups"] = {k: [str(v) for v in test.groups[k]] for k in keys}
+    with np.errstate(over="ignore"):  # float16 precision where it fits, float32 beyond
+        small = np.abs(scores) < 6e4
+        half = np.where(small, scores.astype(np.float16), scores.astype(np.float32)).astype(np.float64)
+    if scores.shape[1] <= SCORE_CLASSES_IN_FULL:
+        out["scores"] = np.round(half, 4).tolist()
+    else:
         k = min(5, scores.shape[1])
-        out["top5"] = np.argsort(-scores, axis=1, kind="stable")[:, :k].tolist()
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out["top5"] = top.tolist()
+        out["top5_scores"] = np.round(np.take_along_axis(half, top, axis=1), 4).tolist()
     return out
-
-
-def family_uses_device(method) -> bool:
-    return "device" in method.get_params(deep=False)
 
 
 def _aux_metrics(aux: dict[str, np.ndarray], test: Split) -> dict[str, Any]:
-    """Accuracy of auxiliary heads (e.g. gender, age) against test.groups of the same name."""
+    """Accuracy of auxiliary heads against the task's extra labels of the same name."""
     out: dict[str, Any] = {}
     for name, scores in aux.items():
-        if name not in test.groups:
+        if name not in test.aux_classes:
             continue
-        truth = np.asarray(test.groups[name])
-        names = test.meta.get(f"{name}_classes")
+        truth = test.aux_labels(name)
         pred = np.asarray(scores).argmax(1)
-        if names is not None:
-            lookup = {str(n): i for i, n in enumerate(names)}
-            truth_idx = np.array([lookup.get(str(t), -1) for t in truth])
-        else:
-            truth_idx = truth.astype(np.int64)
-        valid = truth_idx >= 0
-        out[name] = {"accuracy": float((pred[valid] == truth_idx[valid]).mean()) if valid.any() else 0.0,
+        valid = truth >= 0
+        out[name] = {"accuracy": float((pred[valid] == truth[valid]).mean()) if valid.any() else 0.0,
                      "n": int(valid.sum())}
     return out
+
+
+def run_one(task: Task | str, spec: RunSpec, options: RunOptions | None = None,
+            splits: tuple[Split, Split] | None = None) -> RunRecord:
+    """Plan and execute a single run; its record (`splits` replaces the task's data)."""
+    options = options or RunOptions()
+    plan = plan_runs(task, [spec], options, log=lambda m: None, splits=splits)
+    group = plan.groups[0]
+    return run_group(plan, group, group.runs, options)[0]
+
+
+__all__ = ["RUNTIME_PARAMS", "RunOptions", "RunSpec", "plan_runs", "execute", "run_one"]

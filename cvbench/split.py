@@ -10,15 +10,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import BadImageError
+from .errors import BadImageError, DataError, UserError
 from .images import load_image, to_gray, to_rgb
+
+MAX_PIXELS_SIDE = 1024  # Split.pixels: larger arrays are a mistake, not a request
 
 
 def fingerprint_of(items: Any, labels: np.ndarray, root: str | Path | None = None) -> str:
@@ -35,7 +37,7 @@ def fingerprint_of(items: Any, labels: np.ndarray, root: str | Path | None = Non
                     p = p.relative_to(root)
                 except ValueError:
                     pass
-            h.update(p.as_posix().encode())
+            h.update(os.fsencode(p.as_posix()))  # any bytes a file name may hold
             h.update(b"\0")
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
@@ -52,6 +54,10 @@ class Split:
     name:    e.g. "scene15/train"
     root:    data root the paths are relative to (for the fingerprint), if any
     meta:    free-form facts a record should carry (variant, counts, composition, ...)
+    aux_classes: the task's extra labels: {group key: class names}, e.g. gender and age on
+             FairFace; groups[key] holds the names; any method may use them as auxiliary
+             targets (`aux_labels`) or ignore them
+    augment: a training-batch augmentation set by a task condition (BatchAugment), or None
     """
 
     items: Any
@@ -62,6 +68,8 @@ class Split:
     root: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    aux_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    augment: BatchAugment | None = None
 
     def __post_init__(self):
         labels = np.asarray(self.labels, dtype=np.int64)
@@ -75,7 +83,11 @@ class Split:
             if len(values) != len(labels):
                 raise ValueError(f"{self.name}: group {key!r} has {len(values)} values, expected {len(labels)}")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
-            raise ValueError(f"{self.name}: labels outside 0..{len(self.classes) - 1}")
+            bad = int(labels[(labels < 0) | (labels >= len(self.classes))][0])
+            raise DataError(f"{self.name}: label {bad} is outside 0..{len(self.classes) - 1} "
+                            f"(the {len(self.classes)} classes)")
+        object.__setattr__(self, "aux_classes", {k: tuple(str(c) for c in v)
+                                                 for k, v in self.aux_classes.items()})
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", fingerprint_of(self.items, labels, self.root))
 
@@ -119,9 +131,41 @@ class Split:
             return img
         return load_image(self.items[i], mode=mode, max_side=max_side)
 
-    def iter_images(self, mode: str = "rgb", max_side: int | None = None) -> Iterator[np.ndarray]:
-        for i in range(len(self)):
-            yield self.image(i, mode=mode, max_side=max_side)
+    def pixels(self, size: int = 32, mode: str = "rgb", n_jobs: int | None = None) -> np.ndarray:
+        """Every item decoded and resized to size x size (aspect not kept), as uint8
+        (N, size, size, 3) for mode="rgb" or (N, size, size) for "gray"; decoded once and
+        cached on disk (keyed by cache_key, size and mode). Images that fail to decode are
+        zeros when the split was read with skip_bad, else BadImageError names the file."""
+        from .pixels import split_pixels
+
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PIXELS_SIDE:
+            raise UserError(f"pixels: size must be an integer from 1 to {MAX_PIXELS_SIDE}, got {size!r}")
+        if mode not in ("rgb", "gray"):
+            raise UserError(f"pixels: mode must be 'rgb' or 'gray', got {mode!r}")
+        return split_pixels(self, size, mode, n_jobs)
+
+    def item_ids(self) -> list[str]:
+        """A stable id per item for records: the path relative to root, else the index."""
+        if not (isinstance(self.items, np.ndarray) and self.items.dtype == object):
+            return [str(i) for i in range(len(self))]
+        root = Path(self.root) if self.root else None
+        out = []
+        for p in self.items:
+            p = Path(p)
+            if root is not None:
+                try:
+                    p = p.relative_to(root)
+                except ValueError:
+                    pass
+            out.append(os.fsencode(p.as_posix()).decode("utf-8", "backslashreplace"))
+        return out
+
+    def aux_labels(self, key: str) -> np.ndarray:
+        """Integer targets of extra label `key` (index into aux_classes[key]; -1 unknown)."""
+        if key not in self.aux_classes or key not in self.groups:
+            raise UserError(f"{self.name} has no extra label {key!r}; it has {sorted(self.aux_classes) or 'none'}")
+        lookup = {c: i for i, c in enumerate(self.aux_classes[key])}
+        return np.array([lookup.get(str(v), -1) for v in self.groups[key]], dtype=np.int64)
 
     def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None, **meta) -> Split:
         """A new split holding items[indices] (fingerprint recomputed)."""
@@ -134,7 +178,12 @@ class Split:
             groups={k: np.asarray(v)[idx] for k, v in self.groups.items()},
             root=self.root,
             meta={**self.meta, **meta},
+            aux_classes=self.aux_classes,
+            augment=self.augment,
         )
+
+    def with_augment(self, augment: BatchAugment | None) -> Split:
+        return replace(self, augment=augment)
 
     def describe(self) -> dict[str, Any]:
         """What a record says about this split: name, size, per-class counts, fingerprint."""
@@ -198,32 +247,6 @@ def carve_validation(
     )
 
 
-def decode_all(
-    split: Split, mode: str = "rgb", size: tuple[int, int] | None = None, skip_bad: bool = False
-) -> tuple[np.ndarray, list[str]]:
-    """Decode every item, optionally resized to (w, h) with area interpolation.
-
-    Returns (array, bad_paths). With skip_bad, undecodable files become zero images and are
-    listed; without, the first one raises BadImageError naming it.
-    """
-    import cv2
-
-    out, bad = [], []
-    for i in range(len(split)):
-        try:
-            img = split.image(i, mode=mode)
-        except BadImageError:
-            if not skip_bad:
-                raise
-            bad.append(str(split.items[i]))
-            shape = (size[1], size[0]) if size else (1, 1)
-            img = np.zeros(shape + ((3,) if mode == "rgb" else ()), np.uint8)
-        if size is not None and (img.shape[1], img.shape[0]) != tuple(size):
-            img = cv2.resize(img, tuple(size), interpolation=cv2.INTER_AREA)
-        out.append(img)
-    return np.stack(out) if out else np.zeros((0,), np.uint8), bad
-
-
 def drop_unreadable(split: Split, n_jobs: int = 4) -> Split:
     """The split without items that fail to decode (for --skip-bad); the count and paths go
     into meta["bad_images"] / meta["bad_paths"] so the record says what was skipped."""
@@ -243,3 +266,19 @@ def drop_unreadable(split: Split, n_jobs: int = 4) -> Split:
         return split
     bad = [str(p) for p in split.items[~good]]
     return split.subset(np.flatnonzero(good), bad_images=len(bad), bad_paths=bad[:100])
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """A training-batch augmentation owned by a task condition (e.g. pasted occlusion masks).
+
+    apply(images, rng, p) -> images: uint8 (N, H, W, C) numpy in and out, each image changed
+    with probability p, randomness from the numpy Generator `rng`. The deep engine calls it per
+    batch (`p` = self.p); methods that do not augment batches get the split plus one copy of
+    every image augmented with p = 1 (see cvbench.pixels.with_augmented_copy).
+    """
+
+    name: str
+    apply: Callable[[np.ndarray, np.random.Generator, float], np.ndarray]
+    p: float = 0.5
+    facts: dict[str, Any] = field(default_factory=dict)

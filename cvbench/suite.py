@@ -1,29 +1,59 @@
 """Suites: `suites/<task>.toml` lists the runs (and sweeps) `cvbench suite <task>` performs.
 
-    task = "scene15"
-    [[run]]
-    method = "tiny-knn"
-    label = "Tiny image k-NN (study grid)"
-    params = { size = 16, k = [1, 2, 3], metric = ["l1", "l2"] }   # lists are sweeps
-    quick = { k = [1] }          # overrides applied with --quick
-    seeds = [0]                  # default [0]
-    gpu_only = false             # true: skipped (and said so) when no GPU is in use
+    task = "fairface"
+    description = "..."
 
-A list value expands into a sweep: the cartesian product across all list-valued keys.
+    [defaults.cnn]                 # parameters every `cnn` block starts from
+    model = "resnet18"
+    epochs = 8
+
+    [[run]]
+    method = "cnn"
+    label = "ResNet-18/4 joint head: biased vs balanced"
+    params = { image_size = 64, lr = [1e-3, 3e-3] }          # lists are sweeps
+    conditions = { composition = ["biased", "balanced"] }   # the task's protocol conditions
+    quick = { epochs = 1 }         # overrides (of params or conditions) applied with --quick
+    seeds = [0, 1, 2]              # default [0]
+    gpu_only = false               # true: skipped (and said so) when no GPU is in use
+    skip_quick = false             # true: not part of --quick
+
+A list value expands into a sweep: the cartesian product across all list-valued keys, of
+params and conditions alike. The whole file is checked before anything runs: key names and
+types, empty sweeps, unknown methods, parameters and conditions, and every parameter value of
+every sweep point (the method's declared limits), so a bad point fails at once, not half-way.
 """
 
 from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .run import RunSpec
 
-_BLOCK_KEYS = {"method", "label", "params", "quick", "seeds", "seed", "gpu_only", "notes", "quick_only", "skip_quick"}
+_BLOCK_KEYS = {"method", "label", "params", "conditions", "quick", "seeds", "gpu_only", "skip_quick"}
+_TOP_KEYS = {"task", "description", "defaults", "run"}
+
+
+@dataclass
+class RunSpec:
+    """What to run: a method with parameters, conditions and a seed (one sweep point)."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    label: str = ""
+    sweep: tuple[str, ...] = ()
+    block: int = 0
+    conditions: dict[str, Any] = field(default_factory=dict)
+
+    def short(self) -> str:
+        values = {**self.params, **self.conditions}
+        swept = ", ".join(f"{k}={values[k]}" for k in self.sweep if k in values)
+        return (self.label or self.method) + (f" [{swept}]" if swept else "") + (
+            f" seed={self.seed}" if self.seed else "")
 
 
 @dataclass
@@ -32,11 +62,11 @@ class Block:
     method: str
     label: str
     params: dict[str, Any]
+    conditions: dict[str, Any]
     quick: dict[str, Any]
     seeds: list[int]
     gpu_only: bool
     skip_quick: bool
-    notes: str
 
 
 @dataclass
@@ -47,24 +77,34 @@ class Suite:
     description: str = ""
 
     def specs(self, quick: bool = False, only: str | None = None) -> list[RunSpec]:
-        """Expand every block into RunSpecs (sweeps expanded), optionally only one method."""
+        """Every block expanded into RunSpecs (sweeps expanded), optionally one method/label."""
         out: list[RunSpec] = []
         for b in self.blocks:
             if only and only not in (b.method, b.label):
                 continue
             if quick and b.skip_quick:
                 continue
-            params = {**b.params, **(b.quick if quick else {})}
+            params, conditions = dict(b.params), dict(b.conditions)
+            if quick:
+                for k, v in b.quick.items():
+                    (conditions if k in b.conditions else params)[k] = v
+            names = list(params) + list(conditions)
+            merged = {**params, **{k: v for k, v in conditions.items()}}
             for seed in b.seeds:
-                for point, swept in expand_sweep(params):
-                    out.append(RunSpec(method=b.method, params=point, seed=seed, label=b.label,
-                                       sweep=swept, block=b.index))
+                for point, swept in expand_sweep(merged):
+                    out.append(RunSpec(
+                        method=b.method, params={k: point[k] for k in params},
+                        conditions={k: point[k] for k in conditions}, seed=seed, label=b.label,
+                        sweep=tuple(k for k in names if k in swept), block=b.index))
         return out
 
 
 def expand_sweep(params: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
-    """Cartesian product over list-valued keys; returns [(params, swept_key_names)]."""
+    """Cartesian product over list-valued keys; returns [(point, names swept over >1 value)]."""
     swept = tuple(k for k, v in params.items() if isinstance(v, list))
+    for k in swept:
+        if not params[k]:
+            raise UserError(f"sweep {k} = [] is empty; give at least one value")
     if not swept:
         return [(dict(params), ())]
     points = []
@@ -75,19 +115,33 @@ def expand_sweep(params: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str
     return points
 
 
+def _label_ok(label: Any) -> bool:
+    return isinstance(label, str) and label.strip() != "" and all(c.isprintable() for c in label)
+
+
 def load_suite(path: Path, task_name: str | None = None) -> Suite:
-    """Parse a suite file; malformed TOML is reported with file and line."""
+    """Parse and check a suite file; every problem is one sentence naming file and block."""
     if not path.exists():
         raise UserError(f"no suite file {path}; expected suites/<task>.toml")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the suite as UTF-8") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}") from None
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown top-level key {unknown[0]!r}; valid keys: {', '.join(sorted(_TOP_KEYS))}")
     task = data.get("task", task_name)
     if task_name and task != task_name:
         raise UserError(f"{path}: says task = {task!r} but was loaded for task {task_name!r}")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
+        raise UserError(f"{path}: [defaults] must hold one table per method, e.g. [defaults.cnn]")
     runs = data.get("run", [])
-    if not isinstance(runs, list) or not runs:
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
         raise UserError(f"{path}: expected one or more [[run]] tables")
     blocks = []
     for i, r in enumerate(runs):
@@ -95,19 +149,30 @@ def load_suite(path: Path, task_name: str | None = None) -> Suite:
         unknown = set(r) - _BLOCK_KEYS
         if unknown:
             raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid keys: {', '.join(sorted(_BLOCK_KEYS))}")
-        if "method" not in r:
-            raise UserError(f"{where}: missing 'method'")
-        seeds = r.get("seeds", [r.get("seed", 0)])
-        if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
-            raise UserError(f"{where}: 'seeds' must be a list of integers")
-        for key in ("params", "quick"):
+        if not isinstance(r.get("method"), str) or not r.get("method"):
+            raise UserError(f"{where}: 'method' must be a method name (a string), got {r.get('method')!r}")
+        label = r.get("label", r["method"])
+        if not _label_ok(label):
+            raise UserError(f"{where}: 'label' must be a one-line string, got {label!r}")
+        seeds = r.get("seeds", [0])
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise UserError(f"{where}: 'seeds' must be a non-empty list of integers >= 0, got {seeds!r}")
+        for key in ("params", "conditions", "quick"):
             if not isinstance(r.get(key, {}), dict):
                 raise UserError(f"{where}: {key!r} must be a table, e.g. {key} = {{ k = 1 }}")
+        for key in ("gpu_only", "skip_quick"):
+            if not isinstance(r.get(key, False), bool):
+                raise UserError(f"{where}: {key!r} must be true or false, got {r[key]!r}")
+        params = {**defaults.get(r["method"], {}), **r.get("params", {})}
+        for table in (params, r.get("conditions", {}), r.get("quick", {})):
+            for k, v in table.items():
+                if isinstance(v, list) and not v:
+                    raise UserError(f"{where}: {k} = [] is an empty sweep; give at least one value")
         blocks.append(Block(
-            index=i, method=r["method"], label=r.get("label", r["method"]),
-            params=dict(r.get("params", {})), quick=dict(r.get("quick", {})), seeds=seeds,
-            gpu_only=bool(r.get("gpu_only", False)), skip_quick=bool(r.get("skip_quick", False)),
-            notes=r.get("notes", ""),
+            index=i, method=r["method"], label=label, params=params,
+            conditions=dict(r.get("conditions", {})), quick=dict(r.get("quick", {})), seeds=seeds,
+            gpu_only=r.get("gpu_only", False), skip_quick=r.get("skip_quick", False),
         ))
     return Suite(task=task, path=path, blocks=blocks, description=data.get("description", ""))
 
@@ -118,21 +183,15 @@ class SuiteReport:
     done: int = 0
     resumed: int = 0
     skipped_gpu: int = 0
-    failed: list[tuple[str, str]] | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
     wall_s: float = 0.0
 
 
 def run_suite(task_name: str, options, only: str | None = None, path: Path | None = None,
               log=print, dry_run: bool = False) -> SuiteReport:
-    """Run every run of a task's suite that has no record yet (resume), then re-render pages."""
-    import time
-    import traceback
-
-    from tqdm.auto import tqdm
-
-    from .env import resolve_device
-    from .methods import create_method
-    from .run import build_method, load_task_splits, record_key, run_one
+    """Plan every run of a task's suite (checked before anything runs), then execute the
+    runs that have no record yet (resume)."""
+    from .run import execute, plan_runs
     from .tasks import get_task
 
     task = get_task(task_name)
@@ -141,65 +200,13 @@ def run_suite(task_name: str, options, only: str | None = None, path: Path | Non
     if only and not specs:
         names = sorted({b.method for b in suite.blocks} | {b.label for b in suite.blocks})
         raise UserError(f"suite {suite.path.name} has no run {only!r}; it has: {', '.join(names)}")
-    for spec in specs:  # fail fast on unknown methods / parameters, before hours of work
-        create_method(spec.method, **spec.params)
-
-    device = resolve_device(options.device)
     gpu_blocks = {b.index for b in suite.blocks if b.gpu_only}
-    report = SuiteReport(task=task.name, failed=[])
-    if device == "cpu":
-        skipped = [s for s in specs if s.block in gpu_blocks]
-        report.skipped_gpu = len(skipped)
-        if skipped:
-            labels = sorted({s.label for s in skipped})
-            log(f"skipping {len(skipped)} GPU-protocol run(s) on the CPU: {'; '.join(labels)} "
-                f"(run with --device cuda on a GPU machine)")
-        specs = [s for s in specs if s.block not in gpu_blocks]
-
-    t0 = time.perf_counter()
-    splits = load_task_splits(task, options, seed=0)
-    log(f"{task.name}: train {len(splits[0])} / test {len(splits[1])} images "
-        f"({splits[1].meta.get('variant', '')}){' [quick]' if options.quick else ''}; "
-        f"{len(specs)} run(s) on {device}")
-    from .results import completed_keys
-
-    done_keys = set() if options.force else completed_keys(task.name)
-    bar = tqdm(specs, desc=f"suite {task.name}", unit="run", disable=not options.progress)
+    plan = plan_runs(task, specs, options, gpu_blocks=gpu_blocks, log=log)
+    report = SuiteReport(task=task.name, skipped_gpu=len(plan.skipped_gpu))
     if dry_run:
-        bar.close()
-        for spec in specs:
-            method = build_method(spec, options)
-            recorded = record_key(task, *splits, spec, method, options.quick) in done_keys
-            report.resumed += recorded
-            log(f"  {'recorded' if recorded else 'to run  '}  {_short(spec)}")
+        for group in plan.groups:
+            for run in group.runs:
+                report.resumed += run.recorded
+                log(f"  {'recorded' if run.recorded else 'to run  '}  {run.spec.short()}")
         return report
-    for spec in bar:
-        bar.set_postfix_str(_short(spec), refresh=False)
-        if not options.force:
-            method = build_method(spec, options)
-            if record_key(task, *splits, spec, method, options.quick) in done_keys:
-                report.resumed += 1
-                continue
-        try:
-            rec = run_one(task, spec, options, splits=splits)
-        except UserError:
-            raise
-        except Exception as exc:  # one broken run must not lose a long suite
-            report.failed.append((_short(spec), f"{type(exc).__name__}: {exc}"))
-            log(f"run failed: {_short(spec)}: {type(exc).__name__}: {exc}")
-            log("".join(traceback.format_exception(exc, limit=-3)))
-            continue
-        if rec is not None:
-            report.done += 1
-            m = rec["metrics"]
-            bar.write(f"  {_short(spec)}: {task.primary} {m.get(task.primary, m['accuracy']):.4f} "
-                      f"({rec['timings']['total_s']:.1f} s)")
-        else:
-            report.resumed += 1
-    report.wall_s = time.perf_counter() - t0
-    return report
-
-
-def _short(spec) -> str:
-    params = ", ".join(f"{k}={spec.params[k]}" for k in spec.sweep) if spec.sweep else ""
-    return f"{spec.label}" + (f" [{params}]" if params else "") + (f" seed={spec.seed}" if spec.seed else "")
+    return execute(plan, options, report, log=log)

@@ -1,35 +1,113 @@
-"""Deep methods: one generic `DeepClassifier` and per-architecture variants for the suites.
+"""The generic deep method `cnn`: any zoo model trained from scratch with the shared engine.
 
 A deep method is a scikit-learn-style estimator over a `Split`: `fit` decodes the images once
-(in memory, or cached on disk at `image_size`), carves an optional validation split from the
-training data, builds the model from the zoo (deep/models.py) and trains it with the shared
-engine (deep/engine.py); `predict_scores` returns softmax probabilities.
+(`Split.pixels`, cached on disk at `image_size`), carves an optional validation split from
+the training data, builds the model from the zoo (deep/models.py) and trains it with the
+shared engine (deep/engine.py); `predict_scores` returns softmax probabilities (and the
+auxiliary heads' probabilities, as a `Scores`). Study recipes are presets (deep/presets.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvbench.atomic import atomic_open
-from cvbench.errors import BadImageError, UserError
-from cvbench.methods import Method, key_params, method_variant, register_method
+from cvbench.errors import UserError
+from cvbench.methods import Method, Scores, key_params, register_method
+from cvbench.params import AnyOf, Anything, Bool, Choice, Float, Int, Text
 from cvbench.paths import cache_dir
 from cvbench.split import Split, carve_validation
 
 from .augment import apply_augment, parse_augment, parse_normalize
 from .device import device_name, set_threads
-from .engine import ImageStore, TrainConfig, TrainData, Trainer, TrainHooks, count_parameters
+from .engine import (
+    OPTIMIZERS,
+    SCHEDULES,
+    ImageStore,
+    TrainConfig,
+    TrainData,
+    Trainer,
+    TrainHooks,
+    count_parameters,
+)
 
 DEFAULT_IMAGE_SIZE = 224  # for path-based splits when neither the method nor the model says
+
+
+def _zoo_model(name: str) -> None:
+    from .models import list_models
+
+    if name not in list_models():
+        raise ValueError(f"not in the model zoo ({', '.join(list_models())})")
+
+
+def _schedule(name: str) -> None:
+    if name.lower().replace("-", "").replace("_", "") not in SCHEDULES:
+        raise ValueError(f"expected one of {', '.join(SCHEDULES)}")
+
+
+def _sampling(spec: str) -> None:
+    if not spec.startswith("balanced") or (":" in spec and not spec.split(":", 1)[1]):
+        raise ValueError("expected 'balanced' or 'balanced:<group key>'")
+
+
+def parse_aux_targets(spec: str | None) -> list[tuple[str, int | None]]:
+    """'gender:2,age:9' -> [("gender", 2), ("age", 9)]; a size is optional ('gender,age')."""
+    out = []
+    for part in filter(None, (p.strip() for p in str(spec or "").split(","))):
+        key, _, size = part.partition(":")
+        if not key.strip():
+            raise ValueError(f"empty head name in {spec!r}")
+        try:
+            out.append((key.strip(), int(size) if size.strip() else None))
+        except ValueError:
+            raise ValueError(f"head size {size!r} in {spec!r} is not an integer") from None
+    return out
+
+
+DEEP_PARAMETERS = {
+    "model": Text(_zoo_model, "a model of the zoo (`cvbench list` shows them)"),
+    "width": Float(0.0, 16.0, lo_open=True, none=True),
+    "image_size": Int(8, 1024, none=True),
+    "epochs": Int(1, 100_000),
+    "batch_size": Int(1, 65_536),
+    "optimizer": Choice(*OPTIMIZERS),
+    "lr": Float(0.0, 100.0, lo_open=True),
+    "momentum": Float(0.0, 1.0),
+    "nesterov": Bool(),
+    "weight_decay": Float(0.0, 1.0),
+    "schedule": Text(_schedule, "a schedule: " + ", ".join(SCHEDULES)),
+    "warmup_epochs": Float(0.0),
+    "label_smoothing": Float(0.0, 0.99),
+    "grad_clip": Float(0.0, lo_open=True, none=True),
+    "grad_clip_mode": Choice("norm", "value"),
+    "amp": AnyOf(Choice("auto", "bf16", "fp16"), Bool()),
+    "channels_last": AnyOf(Choice("auto"), Bool()),
+    "compile": Bool(),
+    "time_budget_s": Float(0.0, lo_open=True, none=True),
+    "budget_clock": Choice("wall", "process"),
+    "val_fraction": Float(0.0, 0.9),
+    "val_group": Text(none=True),
+    "early_stopping": Int(0),
+    "augment": Text(lambda s: parse_augment(s, 32), "an augmentation spec like 'flip-crop' or 'none'"),
+    "normalize": Text(parse_normalize, "'auto', 'cifar10', 'imagenet', 'half', 'none' or 'm1,m2,m3/s1,s2,s3'"),
+    "pretrained": Text(none=True, what="'imagenet' or a weights file"),
+    "class_weight": Choice("balanced", none=True),
+    "sampling": Text(_sampling, "'balanced' or 'balanced:<group key>'", none=True),
+    "aux_targets": Text(parse_aux_targets, "extra-label heads like 'gender:2,age:9'", none=True),
+    "protocol": Text(none=True),
+    "eval_batch_size": Int(1, none=True),
+    "seed": Int(0),
+    "device": Anything(),
+    "n_jobs": Int(-1, 256, none=True),
+    "resume": Bool(),
+}
 
 
 class DeepClassifier(Method, TrainHooks):
@@ -56,21 +134,31 @@ class DeepClassifier(Method, TrainHooks):
                          epochs"); None = derived from the budget ("cpu budget: 5 epochs")
       seed, device, n_jobs, resume: runtime; resume continues from this run's checkpoint
 
-    Extension hooks (other tasks subclass this class; see `with_params` for new defaults):
+    Extension hooks (subclasses take their own parameters plus **kwargs for these):
       class_weight="balanced":  loss weights n / (k * count_c), inverse class frequency
       sampling="balanced":      each epoch draws n items with replacement, p ~ 1/count(class)
       sampling="balanced:KEY":  the same over split.groups[KEY] (e.g. race) instead of labels
       aux_targets="gender:2,age:9": extra heads on the same model (outputs = n_classes + 2 +
           9); targets are split.groups[KEY] mapped through split.meta[f"{KEY}_classes"] (else
           sorted unique values); loss = sum of the heads' cross-entropies; predict_scores
-          sets self.aux_scores_ = {"gender": (n, 2) probs, "age": (n, 9) probs}
+          returns Scores(main, aux={"gender": (n, 2) probs, "age": (n, 9) probs}); the heads are
+          the task's extra labels (Split.aux_classes)
       Overridable methods: build_model(n_outputs), targets(split), compute_loss(outputs,
       targets), scores_from_outputs(outputs), augment_batch(x_uint8, generator),
       preprocess(x_uint8), pixels(split); embed(split) -> (n, D) features via
       model.forward_features (retrieval).
+    A task condition's training-batch augmentation (Split.augment, e.g. occlusion masks) is
+    applied per batch after the method's own augmentation (batch_augment = True).
     """
 
-    default_model = "resnet-small"
+    parameters = DEEP_PARAMETERS
+    batch_augment = True
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], context: dict[str, Any]) -> str | None:
+        if params.get("early_stopping") and not params.get("val_fraction"):
+            return "early_stopping needs a validation split: set val_fraction > 0 (e.g. 0.1)"
+        return None
 
     def __init__(
         self,
@@ -166,11 +254,9 @@ class DeepClassifier(Method, TrainHooks):
         if not self.aux_heads_:
             return labels
         cols = [labels]
-        for key, classes in self.aux_heads_:
-            if key not in split.groups:
-                raise UserError(f"aux_targets names group {key!r}, but {split.name} has groups {sorted(split.groups)}")
-            lookup = {str(c): i for i, c in enumerate(classes)}
-            cols.append(torch.as_tensor([lookup.get(str(v), -100) for v in split.groups[key]], dtype=torch.int64))
+        for key, _classes in self.aux_heads_:
+            aux = split.aux_labels(key)
+            cols.append(torch.as_tensor(np.where(aux >= 0, aux, -100), dtype=torch.int64))
         return torch.stack(cols, dim=1)
 
     def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -195,8 +281,16 @@ class DeepClassifier(Method, TrainHooks):
         return torch.softmax(outputs[:, : self.n_classes_].float(), dim=1)
 
     def augment_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augment a (B, C, H, W) uint8 batch on the device (override to add e.g. occlusion)."""
-        return apply_augment(x, self.augment_spec_, generator)
+        """Augment a (B, C, H, W) uint8 batch on the device, then apply the training split's
+        condition augmentation (e.g. pasted occlusion masks), if any."""
+        x = apply_augment(x, self.augment_spec_, generator)
+        cond = getattr(self, "condition_augment_", None)
+        if cond is None:
+            return x
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+        arr = x.permute(0, 2, 3, 1).cpu().numpy()
+        out = cond.apply(arr, np.random.default_rng(seed), float(cond.p))
+        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device).permute(0, 3, 1, 2)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float."""
@@ -206,9 +300,7 @@ class DeepClassifier(Method, TrainHooks):
     def pixels(self, split: Split) -> np.ndarray:
         """The split as uint8 (N, S, S, 3) at this method's image size (decoded once, cached)."""
         size = getattr(self, "image_size_", None) or self._image_size(split)
-        if split.in_memory:
-            return _resize_rgb(_as_rgb(split.items), size)
-        return _decoded_cache(split, size, self.n_jobs)
+        return split.pixels(size, "rgb", self.n_jobs)
 
     def embed(self, split: Split) -> np.ndarray:
         """(n, D) float32 embeddings from model.forward_features (for retrieval / k-NN)."""
@@ -230,9 +322,10 @@ class DeepClassifier(Method, TrainHooks):
     def fit(self, split: Split) -> DeepClassifier:
         """Train on `split` (minus a carved validation part when val_fraction > 0)."""
         t_start = time.perf_counter()
+        self.validate({"n_train": len(split)})
         set_threads(self.n_jobs)
-        self._validate()
         torch.manual_seed(int(self.seed))
+        self.condition_augment_ = split.augment
         self.classes_ = split.classes
         self.n_classes_ = split.n_classes
         train, val = split, None
@@ -266,41 +359,29 @@ class DeepClassifier(Method, TrainHooks):
         self.info_ = self._info(result, train, val, net, trainer, decode_s, time.perf_counter() - t_start)
         return self
 
-    def predict_scores(self, split: Split) -> np.ndarray:
-        """(n, n_classes) softmax probabilities; aux heads go to self.aux_scores_."""
+    def predict_scores(self, split: Split) -> np.ndarray | Scores:
+        """(n, n_classes) softmax probabilities; with auxiliary heads, a Scores whose aux
+        holds each head's probabilities."""
         self._check_fitted()
         outputs = self.trainer_.predict_outputs(self.pixels(split))
         if len(outputs) == 0:
             return np.zeros((0, self.n_classes_))
         scores = self.scores_from_outputs(outputs).numpy().astype(np.float64)
-        if self.aux_heads_:
-            self.aux_scores_ = {}
-            offset = self.n_classes_
-            for key, classes in self.aux_heads_:
-                logits = outputs[:, offset:offset + len(classes)]
-                self.aux_scores_[key] = torch.softmax(logits, dim=1).numpy().astype(np.float64)
-                offset += len(classes)
-        return scores
+        if not self.aux_heads_:
+            return scores
+        aux = {}
+        offset = self.n_classes_
+        for key, classes in self.aux_heads_:
+            logits = outputs[:, offset:offset + len(classes)]
+            aux[key] = torch.softmax(logits, dim=1).numpy().astype(np.float64)
+            offset += len(classes)
+        return Scores(scores, aux)
 
     # ------------------------------------------------------------------ internals
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(split) first")
-
-    def _validate(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= float(self.val_fraction) < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.class_weight not in (None, "balanced"):
-            raise UserError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
-        if self.sampling is not None and not str(self.sampling).startswith("balanced"):
-            raise UserError(f"sampling must be None, 'balanced' or 'balanced:<group key>', got {self.sampling!r}")
-        if self.early_stopping and not self.val_fraction:
-            raise UserError("early_stopping needs a validation split: set val_fraction > 0 (e.g. 0.1)")
-        parse_normalize(self.normalize)
 
     def _image_size(self, split: Split) -> int:
         if self.image_size:
@@ -311,19 +392,16 @@ class DeepClassifier(Method, TrainHooks):
         return int(size[-1] if isinstance(size, (tuple, list)) else size)
 
     def _aux_heads(self, train: Split) -> list[tuple[str, tuple[str, ...]]]:
+        """The auxiliary heads: the task's extra labels named by aux_targets."""
         heads = []
-        for part in filter(None, (p.strip() for p in str(self.aux_targets or "").split(","))):
-            key, _, size = part.partition(":")
-            key = key.strip()
-            if key not in train.groups:
-                raise UserError(f"aux_targets names group {key!r}, but {train.name} has groups {sorted(train.groups)}")
-            classes = train.meta.get(f"{key}_classes")
-            if classes is None:
-                classes = sorted({str(v) for v in train.groups[key]})
-            classes = tuple(str(c) for c in classes)
-            if size.strip() and int(size) != len(classes):
+        for key, size in parse_aux_targets(self.aux_targets):
+            if key not in train.aux_classes:
+                raise UserError(f"aux_targets names {key!r}, but the task's extra labels are "
+                                f"{sorted(train.aux_classes) or 'none'}")
+            classes = train.aux_classes[key]
+            if size is not None and size != len(classes):
                 raise UserError(
-                    f"aux_targets declares {key}:{size} but the data has {len(classes)} {key} classes {list(classes)}"
+                    f"aux_targets declares {key}:{size} but the task has {len(classes)} {key} classes {list(classes)}"
                 )
             heads.append((key, classes))
         return heads
@@ -473,134 +551,4 @@ def _model_info(name: str) -> dict[str, Any]:
         return {}
 
 
-# ---------------------------------------------------------------------- pixels
-
-
-def _as_rgb(arr: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W[, C]) -> (N, H, W, 3): gray repeated, alpha dropped."""
-    if arr.dtype != np.uint8:
-        raise ValueError(f"in-memory images must be uint8, got {arr.dtype}")
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.shape[-1] == 1:
-        return np.repeat(arr, 3, axis=-1)
-    if arr.shape[-1] == 4:
-        return np.ascontiguousarray(arr[..., :3])
-    return arr
-
-
-def _resize_rgb(arr: np.ndarray, size: int) -> np.ndarray:
-    if arr.shape[1:3] == (size, size):
-        return arr
-    import cv2
-
-    interp = cv2.INTER_AREA if arr.shape[1] > size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(im, (size, size), interpolation=interp) for im in arr])
-
-
-def _decode_chunk(split: Split, idx: np.ndarray, size: int) -> tuple[np.ndarray, list[str]]:
-    import cv2
-
-    out = np.zeros((len(idx), size, size, 3), np.uint8)
-    bad = []
-    for j, i in enumerate(idx):
-        try:
-            img = split.image(int(i), mode="rgb")
-        except BadImageError:
-            if not split.meta.get("skip_bad"):
-                raise
-            bad.append(str(split.items[i]))
-            continue
-        interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
-        out[j] = cv2.resize(img, (size, size), interpolation=interp)
-    return out, bad
-
-
-def decode_split(split: Split, size: int, n_jobs: int | None = None) -> np.ndarray:
-    """Decode every image of a path-based split to uint8 (N, size, size, 3), in parallel."""
-    from joblib import Parallel, delayed
-
-    chunks = np.array_split(np.arange(len(split)), max(1, -(-len(split) // 256)))
-    jobs = n_jobs if n_jobs and n_jobs > 0 else 1
-    parts = Parallel(n_jobs=jobs)(delayed(_decode_chunk)(split, c, size) for c in chunks)
-    return np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, size, size, 3), np.uint8)
-
-
-def _decoded_cache(split: Split, size: int, n_jobs: int | None) -> np.ndarray:
-    """Decoded pixels from cache_dir('pixels')/<fingerprint>-<size>.npy, decoding on a miss.
-
-    Images are squashed to size x size (aspect not kept), as the studies did.
-    """
-    path = Path(cache_dir("pixels")) / f"{split.cache_key}-{size}.npy"
-    if path.is_file():
-        try:
-            arr = np.load(path, mmap_mode="r" if path.stat().st_size > 2e9 else None)
-            if arr.shape == (len(split), size, size, 3):
-                return arr
-        except (OSError, ValueError):
-            pass
-    arr = decode_split(split, size, n_jobs)
-    with atomic_open(path, "wb") as f:
-        np.save(f, arr)
-    return arr
-
-
-# ---------------------------------------------------------------------- variants
-
-
-def with_params(base: type, name: str | None = None, doc: str | None = None, **defaults: Any) -> type:
-    """A subclass of `base` whose __init__ has new defaults (and new params for unknown names).
-
-    Lets a task define its method without retyping 30 parameters:
-        class FairFaceNet(with_params(DeepClassifier, model="resnet34", aux_targets="gender,age")):
-            ...
-    New parameters are stored as attributes like the others (scikit-learn get_params sees them).
-    """
-    known = set(inspect.signature(base.__init__).parameters)
-    return method_variant(base, name=name, doc=doc,
-                          defaults={k: v for k, v in defaults.items() if k in known},
-                          extra={k: v for k, v in defaults.items() if k not in known})
-
-
-def register_variant(name: str, description: str, base: type = DeepClassifier, **defaults: Any) -> type:
-    """Register a deep method `name` = `base` with new defaults (see with_params)."""
-    cls_name = "".join(p.capitalize() for p in name.replace("_", "-").split("-")) + "Classifier"
-    cls = with_params(base, name=cls_name, doc=f"{description}\n\n{base.__doc__ or ''}", **defaults)
-    globals()[cls_name] = cls  # importable (and picklable) by name
-    return register_method(name, family="deep", description=description)(cls)
-
-
-register_method("cnn", family="deep", description="Any zoo model (param model=...) with the shared trainer")(DeepClassifier)
-
-# Study A (mini project): SE-ResNet [4,4,3], SGD 0.1 / cosine / 200 epochs / clip 0.1 / wd 5e-4
-register_variant(
-    "resnet-se", "SE-ResNet [4,4,3] under 5M params (study A), shared trainer",
-    model="resnet-se", epochs=200, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
-    weight_decay=5e-4, schedule="cosine", grad_clip=0.1, grad_clip_mode="value", normalize="cifar10",
-    augment="flip-crop",
-)
-# Study B (course homework): CIFAR ResNet-18 and myNet (Inception); hyper-parameters not stated in
-# the study, so the common CIFAR recipe (SGD 0.1, momentum 0.9, wd 5e-4, cosine, 200 epochs).
-register_variant(
-    "resnet18-cifar", "CIFAR ResNet-18 (3x3 stem, no max-pool; study B), shared trainer",
-    model="resnet18-cifar", epochs=200, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
-    weight_decay=5e-4, schedule="cosine", normalize="cifar10", augment="flip-crop",
-)
-register_variant(
-    "mynet", "myNet: GoogLeNet/Inception variant for 32x32 (study B), shared trainer",
-    model="mynet", epochs=200, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
-    weight_decay=5e-4, schedule="cosine", normalize="cifar10", augment="flip-crop",
-)
-# CPU-sized networks (our additions, not from the studies)
-register_variant(
-    "fastnet", "Fast airbench-style CIFAR net (~2M params at width 1; 0.5 by default for CPU budgets)",
-    model="fastnet", width=0.5, epochs=16, batch_size=128, optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True,
-    weight_decay=5e-4, schedule="onecycle", warmup_epochs=3, label_smoothing=0.1, normalize="cifar10",
-    augment="flip-crop",
-)
-register_variant(
-    "resnet-small", "Narrow CIFAR ResNet (param width) for CPU budgets",
-    model="resnet-small", width=0.5, epochs=10, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
-    nesterov=True, weight_decay=5e-4, schedule="onecycle", warmup_epochs=2, label_smoothing=0.1,
-    normalize="cifar10", augment="flip-crop",
-)
+register_method("cnn", family="deep", description="Any zoo model (param model=...) trained from scratch with the shared engine")(DeepClassifier)

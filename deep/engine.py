@@ -14,23 +14,30 @@ on the host and moved per batch — with:
 - determinism: epoch e draws its order and augmentation from generators seeded by
   (seed, e), so the same seed on the same device gives the same weights, and a resumed run
   equals an uninterrupted one;
-- a checkpoint every epoch (atomic; model, optimizer, scaler, history, best weights) and
-  `resume=True` to continue from it; checkpoints load with weights_only=True;
-- a NaN/inf loss stops the run with `TrainingDivergedError` naming epoch and step;
-- per-epoch train/val loss and accuracy (learning curves), early stopping on validation
-  accuracy (patience; best weights restored), a time budget (wall seconds, or process CPU seconds with budget_clock="process",
-  which a shared machine's load does not distort), tqdm per epoch;
 - torchrun / DistributedDataParallel (deep/distributed.py): the global batch is split over
-  the processes, rank 0 writes checkpoints.
+  the processes;
+- a NaN/inf loss stops the run with `TrainingDivergedError` naming epoch and step.
 
-What a task changes — loss, targets, augmentation, normalisation, how outputs become scores —
-lives in a `TrainHooks` object (DeepClassifier is one), not in the loop.
+`Trainer.fit` is a plain loop (epochs of steps, then validation) over a mutable `FitState`;
+everything around it is a `Callback` with hooks on_fit_start / on_epoch_start / on_step_end /
+on_epoch_end / on_fit_end and a state_dict for the checkpoint. The built-in ones, added from
+the config: `History` (per-epoch train/val loss and accuracy, lr, time: the learning curves),
+`ProgressBar` (tqdm per epoch), `TimeBudget` (wall seconds, or process CPU seconds with
+budget_clock="process", which a shared machine's load does not distort), `EarlyStopping`
+(patience on validation accuracy; best weights restored), `SyncStop` (under DDP, every rank
+takes rank 0's stop decision) and `Checkpoint` (every epoch, atomic, rank 0 only: model,
+optimizer, scaler, loop and callback states; `resume=True` continues from it; it loads with
+weights_only=True).
+
+What a task changes in the maths — loss, targets, augmentation, normalisation, how outputs
+become scores — lives in a `TrainHooks` object (DeepClassifier is one), not in the loop; its
+callbacks() adds the method's own callbacks (e.g. unfreezing a frozen body).
 """
 
 from __future__ import annotations
 
-import copy
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -207,12 +214,12 @@ class ImageStore:
 
 
 class TrainHooks:
-    """What a method customises in training; the defaults give plain softmax classification.
+    """What a method changes in the maths; the defaults give plain softmax classification.
 
     preprocess(x_uint8) -> float input; augment_batch(x_uint8, generator) -> x_uint8;
     compute_loss(outputs, targets) -> scalar; scores_from_outputs(outputs) -> (B, n_classes).
-    Optional: on_epoch_end(epoch, trainer), called after each epoch before its checkpoint (and
-    replayed on resume when the checkpoint's optimizer has more param groups than a fresh one).
+    Behaviour around the loop (e.g. unfreezing a body after some epochs) is a `Callback`:
+    callbacks() returns the method's own, which the Trainer runs with its built-in ones.
     """
 
     label_smoothing: float = 0.0
@@ -229,6 +236,9 @@ class TrainHooks:
     def scores_from_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
         return torch.softmax(outputs.float(), dim=1)
 
+    def callbacks(self) -> list[Callback]:
+        return []
+
 
 @dataclass
 class TrainData:
@@ -242,12 +252,12 @@ class TrainData:
 
 @dataclass
 class TrainResult:
-    """What a finished fit reports (all JSON-able through `as_info`)."""
+    """What a finished fit reports."""
 
     curves: dict[str, list[float]] = field(default_factory=dict)
     epochs_run: int = 0
     steps: int = 0
-    stop_reason: str = "completed"  # completed | early_stopping | time_budget | interrupted
+    stop_reason: str = "completed"  # completed | early_stopping | time_budget | a callback's own
     best_epoch: int | None = None
     train_s: float = 0.0
     images_seen: int = 0
@@ -264,25 +274,297 @@ class TrainResult:
     def images_per_s(self) -> float:
         return self.images_seen / self.train_s if self.train_s > 0 else 0.0
 
-    def as_info(self) -> dict[str, Any]:
-        info = asdict(self)
-        info["images_per_s"] = round(self.images_per_s, 1)
-        info["train_s"] = round(self.train_s, 2)
-        return info
+
+# --------------------------------------------------------------------------- loop state & callbacks
+
+CURVES = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")
+
+
+@dataclass(eq=False)
+class FitState:
+    """The loop's mutable state, shared with the callbacks.
+
+    During an epoch, `epoch` is its 0-based index, `step` the step within it, and `lr` and
+    `loss` the last step's (`loss` is a device tensor: float() on it waits for the device).
+    At the end of an epoch, `metrics` holds its train/val loss and accuracy and its last lr,
+    and `elapsed` / `wall` the seconds used so far on the budget clock / the wall clock
+    (resumed runs included). A callback ends the run with `request_stop(reason)`: the first
+    reason wins, and a stop asked for during an epoch ends that epoch after the current step.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    clock: Callable[[], float] = time.perf_counter  # the budget clock
+    epoch: int = 0
+    step: int = 0
+    steps: int = 0
+    images_seen: int = 0
+    lr: float = 0.0
+    loss: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in CURVES})
+    elapsed: float = 0.0
+    wall: float = 0.0
+    stop_reason: str | None = None
+    best_epoch: int | None = None
+    resumed_from_epoch: int | None = None
+    _start: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0), init=False, repr=False)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def start_clocks(self) -> None:
+        """Count on from `elapsed` / `wall` (zero, or what a checkpoint restored)."""
+        self._start = (self.elapsed, self.clock(), self.wall, time.perf_counter())
+
+    def budget_elapsed(self) -> float:
+        """Seconds on the budget clock now, including those before a resume."""
+        return self._start[0] + self.clock() - self._start[1]
+
+    def wall_elapsed(self) -> float:
+        return self._start[2] + time.perf_counter() - self._start[3]
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint taken at the end of epoch `epoch` keeps of the loop."""
+        return {"epoch": self.epoch, "elapsed": self.elapsed, "wall": self.wall, "history": self.history,
+                "finished": self.stop_reason is not None, "stop_reason": self.stop_reason or "completed",
+                "steps": self.steps, "images_seen": self.images_seen}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue after the checkpoint's epoch (call before start_clocks)."""
+        self.epoch = int(saved["epoch"]) + 1
+        self.elapsed = float(saved["elapsed"])
+        self.wall = float(saved.get("wall", self.elapsed))
+        self.history = {k: list(v) for k, v in saved["history"].items()}
+        self.stop_reason = str(saved["stop_reason"]) if saved.get("finished") else None
+        self.steps = int(saved.get("steps", 0))
+        self.images_seen = int(saved.get("images_seen", 0))
+
+
+class Callback:
+    """Behaviour around the training loop; every hook is a no-op here.
+
+    Hooks get the Trainer and the FitState and may change either (state.request_stop ends the
+    run). on_step_end runs after every optimizer step: keep it cheap (the loop calls it only on
+    callbacks that override it). What must survive a resume goes in state_dict() (plain values
+    and tensors; {} = nothing), saved under `key` in the checkpoint; load_state_dict(saved,
+    trainer) restores it after the model's weights and before the optimizer's state, so a
+    callback that added optimizer param groups can add them again.
+    """
+
+    @property
+    def key(self) -> str:
+        """Its entry in the checkpoint: the class name (override it to run two of one class)."""
+        return type(self).__name__
+
+    def on_fit_start(self, trainer: Trainer, state: FitState) -> None: ...
+
+    def on_epoch_start(self, trainer: Trainer, state: FitState) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, state: FitState) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, state: FitState) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer, state: FitState) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, saved: dict[str, Any], trainer: Trainer) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch on stderr, with the loss and lr every `every` steps."""
+
+    def __init__(self, desc: str = "train", every: int = 10):
+        self.desc, self.every, self.bar = desc, every, None
+
+    def on_epoch_start(self, trainer, state):
+        desc = f"{self.desc} epoch {state.epoch + 1}/{state.epochs}"
+        self.bar = tqdm(total=state.steps_per_epoch, desc=desc, leave=False, file=sys.stderr)
+
+    def on_step_end(self, trainer, state):
+        if state.step % self.every == 0:
+            self.bar.set_postfix(loss=f"{float(state.loss.detach()):.3f}", lr=f"{state.lr:.3g}")
+        self.bar.update(1)
+
+    def on_epoch_end(self, trainer, state):
+        self.bar.close()
+
+
+class History(Callback):
+    """The learning curves: one row per epoch appended to state.history (see CURVES)."""
+
+    def on_epoch_end(self, trainer, state):
+        row = {**state.metrics, "epoch": state.epoch + 1, "time_s": round(state.wall, 2)}
+        for key in CURVES:
+            state.history[key].append(row[key])
+
+
+class TimeBudget(Callback):
+    """Stop once `seconds` have passed on the budget clock: after the step that crosses it
+    (`per_step`, one process), or at the end of the epoch that crossed it (DDP, where the
+    ranks must agree: SyncStop gives them rank 0's decision)."""
+
+    def __init__(self, seconds: float, per_step: bool = True):
+        self.seconds, self.per_step = float(seconds), per_step
+
+    def on_step_end(self, trainer, state):
+        if self.per_step and state.budget_elapsed() >= self.seconds:
+            state.request_stop("time_budget")
+
+    def on_epoch_end(self, trainer, state):
+        if not self.per_step and state.elapsed >= self.seconds:
+            state.request_stop("time_budget")
+
+
+class EarlyStopping(Callback):
+    """Stop after `patience` epochs without a better validation accuracy; the best epoch's
+    weights are restored at the end (state.best_epoch). Without validation (val_acc NaN)
+    nothing is ever better, so it never stops."""
+
+    def __init__(self, patience: int):
+        self.patience = int(patience)
+        self.best_acc, self.best_epoch, self.best_weights = -1.0, None, None
+
+    def on_epoch_end(self, trainer, state):
+        if state.metrics["val_acc"] > self.best_acc:
+            self.best_acc, self.best_epoch = state.metrics["val_acc"], state.epoch + 1
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        if self.best_epoch is not None and state.epoch + 1 - self.best_epoch >= self.patience:
+            state.request_stop("early_stopping")
+
+    def on_fit_end(self, trainer, state):
+        if self.best_weights:
+            trainer.model.load_state_dict(self.best_weights)
+            state.best_epoch = self.best_epoch
+
+    def state_dict(self):
+        return {"best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "best_state": self.best_weights or {}}
+
+    def load_state_dict(self, saved, trainer):
+        self.best_acc, self.best_epoch = float(saved["best_acc"]), saved["best_epoch"]
+        self.best_weights = saved["best_state"] or None
+
+
+class SyncStop(Callback):
+    """Under DDP, every rank takes rank 0's stop decision at the end of an epoch, so all ranks
+    run the same epochs (goes after the callbacks that may stop the run)."""
+
+    def on_epoch_end(self, trainer, state):
+        state.stop_reason = dist_utils.broadcast_object(state.stop_reason)
+
+
+class Checkpoint(Callback):
+    """Write the run to `path` after every epoch (atomically, rank 0 only) and, with `resume`,
+    continue from it: model, optimizer, GradScaler, the loop (FitState.state_dict) and every
+    callback's state_dict. It loads with weights_only=True; a file that does not load, or
+    does not fit this run, is a one-sentence UserError. Goes last: it saves what the other
+    callbacks did at the end of the epoch."""
+
+    def __init__(self, path: str | Path, resume: bool = False):
+        self.path, self.resume = str(path), resume
+
+    def on_fit_start(self, trainer, state):
+        if self.resume and Path(self.path).is_file():
+            self.restore(trainer, state)
+
+    def on_epoch_end(self, trainer, state):
+        if trainer.dist.is_main:
+            with atomic_open(self.path, "wb") as f:
+                torch.save(self.contents(trainer, state), f)
+
+    def contents(self, trainer: Trainer, state: FitState) -> dict[str, Any]:
+        callbacks = {cb.key: saved for cb in trainer.callbacks if (saved := cb.state_dict())}
+        return {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else {},
+                **state.state_dict(), "callbacks": callbacks, "config": _plain_config(trainer.config)}
+
+    def restore(self, trainer: Trainer, state: FitState) -> None:
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            trainer.model.load_state_dict(saved["model"])
+            for cb in trainer.callbacks:  # before the optimizer: they may add param groups
+                if cb.key in saved.get("callbacks", {}):
+                    cb.load_state_dict(saved["callbacks"][cb.key], trainer)
+            trainer.optimizer.load_state_dict(saved["optimizer"])
+            if trainer.scaler is not None and saved.get("scaler"):
+                trainer.scaler.load_state_dict(saved["scaler"])
+            state.load_state_dict(saved)
+        except UserError:
+            raise
+        except Exception as exc:  # corrupt, tampered, or from another model or version
+            raise UserError(f"cannot resume from checkpoint {self.path}: not a valid checkpoint "
+                            f"({_short_reason(exc)}); delete it to start over") from None
+        state.resumed_from_epoch = state.epoch
+
+
+def _short_reason(exc: Exception) -> str:
+    """Why a checkpoint did not load, in a few words (torch's own messages run to paragraphs)."""
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} entry"
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut short"
+    text = str(exc)
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return f"it holds a {found.group(1)} object, which a weights-only load refuses"
+    if found := re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text):
+        return f"unreadable data: {found.group(1).rstrip(' .')}"
+    if found := re.match(r"Error\(s\) in loading state_dict for (\w+)", text):
+        return f"its weights do not fit this {found.group(1)}"
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    line = line.split(". ")[0].rstrip(" .:") or type(exc).__name__
+    return line if len(line) <= 120 else line[:117] + "..."
 
 
 # --------------------------------------------------------------------------- the trainer
 
 
+class _Batches:
+    """The training data on the device, and this rank's batches of each epoch."""
+
+    def __init__(self, train: TrainData, val: TrainData | None, device: torch.device,
+                 dist: dist_utils.DistInfo, batch_size: int):
+        self.store = ImageStore(train.images, device)
+        self.val = val
+        self.val_store = ImageStore(val.images, device) if val is not None and len(val.labels) else None
+        self.targets = train.targets.to(device)
+        self.labels = torch.as_tensor(train.labels, dtype=torch.int64, device=device)
+        self.weights = None
+        if train.sample_weights is not None:
+            self.weights = torch.as_tensor(train.sample_weights, dtype=torch.float64)
+        self.rank, self.world = dist.rank, dist.world_size
+        self.per_rank_bs = max(1, batch_size // self.world)
+        shard_len = -(-len(self.store) // self.world)
+        self.steps_per_epoch = max(1, -(-shard_len // self.per_rank_bs))
+        if shard_len % self.per_rank_bs == 1 and self.steps_per_epoch > 1:
+            self.steps_per_epoch -= 1  # a batch of one breaks batch norm: drop it
+
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        """This rank's share of the epoch's order (a permutation, or weighted draws)."""
+        n = len(self.store)
+        if self.weights is None:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return dist_utils.shard_indices(order, self.rank, self.world)
+
+
 class Trainer:
-    """Train `model` with `config`, asking `hooks` for loss, augmentation and scores."""
+    """Train `model` with `config`, asking `hooks` for loss, augmentation and scores.
+
+    `callbacks` run in this order: ProgressBar (when shown), History, the method's own
+    (hooks.callbacks()), those passed here, then from the config TimeBudget, EarlyStopping,
+    SyncStop (DDP) and Checkpoint (last: it saves what the others did).
+    """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, hooks: TrainHooks | None = None,
-                 on_epoch_end: Callable[[int, dict], None] | None = None):
+                 callbacks: list[Callback] | tuple[Callback, ...] = ()):
         config.validate()
         self.config = config
         self.hooks = hooks or TrainHooks()
-        self.on_epoch_end = on_epoch_end
         self.device = select_device(config.device)
         self.dist = dist_utils.init_distributed(self.device)
         self.amp_dtype = amp_dtype(self.device, config.amp)
@@ -295,6 +577,28 @@ class Trainer:
         self.train_model = dist_utils.wrap_model(self.model, self.dist, self.device)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
+        self.callbacks = self._build_callbacks([*self.hooks.callbacks(), *callbacks])
+        self._step_callbacks = [cb for cb in self.callbacks  # the hot path calls only these
+                                if type(cb).on_step_end is not Callback.on_step_end]
+
+    def _build_callbacks(self, extra: list[Callback]) -> list[Callback]:
+        cfg = self.config
+        out: list[Callback] = [ProgressBar(cfg.desc)] if self._show_progress() else []
+        out += [History(), *extra]
+        if cfg.time_budget_s is not None:
+            out.append(TimeBudget(cfg.time_budget_s, per_step=not self.dist.enabled))
+        if cfg.early_stopping:
+            out.append(EarlyStopping(cfg.early_stopping))
+        if self.dist.enabled:
+            out.append(SyncStop())
+        if cfg.checkpoint_path:
+            out.append(Checkpoint(cfg.checkpoint_path, resume=cfg.resume))
+        keys = [cb.key for cb in out]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise ValueError(f"two callbacks have the key {key!r} (their checkpoint entry); "
+                                 "override `key` on one of them")
+        return out
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -313,32 +617,9 @@ class Trainer:
             return bool(self.config.progress) and self.dist.is_main
         return sys.stderr.isatty() and self.dist.is_main
 
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def _save_checkpoint(self, state: dict[str, Any]) -> None:
-        path = self.config.checkpoint_path
-        if not path or not self.dist.is_main:
-            return
-        with atomic_open(path, "wb") as f:
-            torch.save(state, f)
-
-    def _load_checkpoint(self) -> dict[str, Any] | None:
-        path = self.config.checkpoint_path
-        if not (self.config.resume and path and Path(path).is_file()):
-            return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt or from an incompatible version: say which file
-            raise UserError(f"cannot resume from checkpoint {path}: {exc}; delete it to start over") from None
-        self.model.load_state_dict(state["model"])
-        hook = getattr(self.hooks, "on_epoch_end", None)
-        if hook is not None and len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
-            for e in range(int(state["epoch"]) + 1):  # replay e.g. unfreezing that added param groups
-                hook(e, self)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        return state
+    def _call(self, hook: str, state: FitState) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, state)
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -371,179 +652,113 @@ class Trainer:
     # -- training --------------------------------------------------------------------------
 
     def fit(self, train: TrainData, val: TrainData | None = None) -> TrainResult:
-        """Train for config.epochs (or until early stopping / the time budget); return the record."""
+        """Train for config.epochs, or until a callback stops the run; return the record."""
         cfg = self.config
-        store = ImageStore(train.images, self.device)
-        val_store = ImageStore(val.images, self.device) if val is not None and len(val.labels) else None
-        targets = train.targets.to(self.device)
-        labels = torch.as_tensor(train.labels, dtype=torch.int64, device=self.device)
-        n = len(store)
-        world, rank = self.dist.world_size, self.dist.rank
-        per_rank_bs = max(1, cfg.batch_size // world)
-        shard_len = -(-n // world)
-        steps_per_epoch = max(1, -(-shard_len // per_rank_bs))
-        if shard_len % per_rank_bs == 1 and steps_per_epoch > 1:
-            steps_per_epoch -= 1  # a batch of one breaks batch norm: drop it
-        total_steps = steps_per_epoch * cfg.epochs
-        warm = min(cfg.warmup_epochs, cfg.epochs) / cfg.epochs  # a quick 1-epoch run keeps its warm-up
-        check_every = 1 if self.device.type == "cpu" else 25
-        budget_schedule = cfg.time_budget_s is not None and world == 1
-        weights = None
-        if train.sample_weights is not None:
-            weights = torch.as_tensor(train.sample_weights, dtype=torch.float64)
-
-        result = TrainResult(
-            amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
-            channels_last=self.channels_last, compiled=bool(cfg.compile), world_size=world,
-            device=str(self.device),
-        )
-        hist: dict[str, list[float]] = {k: [] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s")}
-        start_epoch, elapsed_before, wall_before = 0, 0.0, 0.0
-        best_acc, best_state, best_epoch = -1.0, None, None
-        finished = False
-        state = self._load_checkpoint()
-        if state is not None:
-            start_epoch = int(state["epoch"]) + 1
-            elapsed_before = float(state["elapsed"])
-            wall_before = float(state.get("wall", elapsed_before))
-            hist = {k: list(v) for k, v in state["history"].items()}
-            best_acc = float(state.get("best_acc", -1.0))
-            best_state = state.get("best_state") or None
-            best_epoch = state.get("best_epoch")
-            finished = bool(state.get("finished", False))
-            result.stop_reason = str(state.get("stop_reason", "completed"))
-            result.steps = int(state.get("steps", 0))
-            result.images_seen = int(state.get("images_seen", 0))
-            result.resumed_from_epoch = start_epoch
-
+        data = _Batches(train, val, self.device, self.dist, cfg.batch_size)
         clock = time.process_time if cfg.budget_clock == "process" else time.perf_counter
-        t0, c0 = time.perf_counter(), clock()
-        for epoch in range(start_epoch, cfg.epochs):
-            if finished:
-                break
-            torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))  # dropout & other model randomness
-            order_gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
-            aug_gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.seed, epoch, 2))
-            if weights is None:
-                order = torch.randperm(n, generator=order_gen)
-            else:
-                order = torch.multinomial(weights, n, replacement=True, generator=order_gen)
-            order = dist_utils.shard_indices(order, rank, world)
-            self.train_model.train()
-            losses = torch.zeros(steps_per_epoch, device=self.device)
-            correct = torch.zeros((), dtype=torch.int64, device=self.device)
-            seen = 0
-            bar = tqdm(total=steps_per_epoch, desc=f"{cfg.desc} epoch {epoch + 1}/{cfg.epochs}",
-                       leave=False, disable=not self._show_progress(), file=sys.stderr)
-            stop_budget = False
-            lr_now = cfg.lr
-            step_in_epoch = 0
-            for step_in_epoch in range(steps_per_epoch):
-                idx = order[step_in_epoch * per_rank_bs:(step_in_epoch + 1) * per_rank_bs]
-                gstep = epoch * steps_per_epoch + step_in_epoch
-                progress = gstep / total_steps
-                elapsed = elapsed_before + clock() - c0
-                if budget_schedule:
-                    progress = max(progress, elapsed / cfg.time_budget_s)
-                lr_now = cfg.lr * lr_factor(cfg.schedule, progress, warm)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr_now
-                x = self.hooks.augment_batch(store.batch(idx), aug_gen)
-                x = self._inputs(x)
-                idx_dev = idx.to(self.device)
-                with self._autocast():
-                    outputs = self.train_model(x)
-                    loss = self.hooks.compute_loss(outputs, targets[idx_dev])
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.unscale_(self.optimizer)
-                else:
-                    loss.backward()
-                if cfg.grad_clip:
-                    params = self.model.parameters()
-                    if cfg.grad_clip_mode == "value":
-                        torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
-                    else:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                losses[step_in_epoch] = loss.detach().float()
-                with torch.no_grad():
-                    pred = self.hooks.scores_from_outputs(outputs.detach()).argmax(1)
-                    correct += (pred == labels[idx_dev]).sum()
-                seen += len(idx)
-                if (step_in_epoch + 1) % check_every == 0 or step_in_epoch + 1 == steps_per_epoch:
-                    self._check_finite(losses[: step_in_epoch + 1], epoch, step_in_epoch, lr_now)
-                if bar.disable is False and step_in_epoch % 10 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr_now:.3g}")
-                bar.update(1)
-                if (cfg.time_budget_s is not None and world == 1
-                        and elapsed_before + clock() - c0 >= cfg.time_budget_s):
-                    stop_budget = True
-                    break
-            bar.close()
-            steps_done = step_in_epoch + 1
-            self._check_finite(losses[:steps_done], epoch, steps_done - 1, lr_now)
-            stats = torch.stack([losses[:steps_done].sum(), correct.float(),
-                                 torch.tensor(float(seen), device=self.device),
-                                 torch.tensor(float(steps_done), device=self.device)])
-            dist_utils.all_reduce_sum(stats)
-            train_loss = float(stats[0] / stats[3])
-            train_acc = float(stats[1] / stats[2])
-            result.steps += steps_done
-            result.images_seen += int(stats[2])
+        state = FitState(cfg.epochs, data.steps_per_epoch, clock=clock)
+        self._call("on_fit_start", state)
+        state.start_clocks()
+        while state.epoch < cfg.epochs and state.stop_reason is None:
+            self._call("on_epoch_start", state)
+            self._train_epoch(data, state)
             val_loss, val_acc = (float("nan"), float("nan"))
-            if val_store is not None:
-                val_loss, val_acc = self.evaluate(val_store, val)
-            elapsed = elapsed_before + clock() - c0
-            wall = wall_before + time.perf_counter() - t0
-            for key, value in (("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc),
-                               ("val_loss", val_loss), ("val_acc", val_acc), ("lr", lr_now),
-                               ("time_s", round(wall, 2))):
-                hist[key].append(value)
-            if val_store is not None and cfg.early_stopping and val_acc > best_acc:
-                best_acc, best_epoch = val_acc, epoch + 1
-                best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            if cfg.time_budget_s is not None and world > 1:
-                stop_budget = bool(dist_utils.broadcast_object(elapsed >= cfg.time_budget_s))
-            stop_early = bool(val_store is not None and cfg.early_stopping and best_epoch is not None
-                              and epoch + 1 - best_epoch >= cfg.early_stopping)
-            hook = getattr(self.hooks, "on_epoch_end", None)
-            if hook is not None:
-                hook(epoch, self)  # e.g. unfreeze a body: trainer.optimizer.add_param_group(...)
-            if stop_budget:
-                result.stop_reason, finished = "time_budget", True
-            elif stop_early:
-                result.stop_reason, finished = "early_stopping", True
-            self._save_checkpoint({
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "epoch": epoch, "elapsed": elapsed, "wall": wall, "history": hist, "best_acc": best_acc,
-                "best_state": best_state or {}, "best_epoch": best_epoch, "finished": finished,
-                "stop_reason": result.stop_reason, "steps": result.steps,
-                "images_seen": result.images_seen, "config": _plain_config(cfg),
-            })
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(epoch, hist)
-            if finished:
-                break
-
-        result.train_s = wall_before + time.perf_counter() - t0
-        result.budget_used_s = round(elapsed_before + clock() - c0, 2)
-        result.budget_clock = cfg.budget_clock
-        result.curves = hist
-        result.epochs_run = len(hist["epoch"])
-        if cfg.early_stopping and best_state:
-            self.model.load_state_dict(best_state)
-            result.best_epoch = best_epoch
+            if data.val_store is not None:
+                val_loss, val_acc = self.evaluate(data.val_store, data.val)
+            state.metrics.update(val_loss=val_loss, val_acc=val_acc)
+            state.elapsed, state.wall = state.budget_elapsed(), state.wall_elapsed()
+            self._call("on_epoch_end", state)
+            state.epoch += 1
+        state.elapsed, state.wall = state.budget_elapsed(), state.wall_elapsed()
+        self._call("on_fit_end", state)
         dist_utils.barrier()
-        return result
+        return TrainResult(
+            curves=state.history, epochs_run=len(state.history["epoch"]), steps=state.steps,
+            stop_reason=state.stop_reason or "completed", best_epoch=state.best_epoch, train_s=state.wall,
+            images_seen=state.images_seen, resumed_from_epoch=state.resumed_from_epoch,
+            amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+            channels_last=self.channels_last, compiled=bool(cfg.compile), world_size=self.dist.world_size,
+            device=str(self.device), budget_clock=cfg.budget_clock, budget_used_s=round(state.elapsed, 2),
+        )
 
-    def _check_finite(self, losses: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    def _train_epoch(self, data: _Batches, state: FitState) -> None:
+        """One pass over this rank's batches; leaves the train loss, accuracy and lr in state.metrics."""
+        cfg, epoch, device = self.config, state.epoch, self.device
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, 1))  # dropout & other model randomness
+        order = data.order(torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0)))
+        aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, 2))
+        self.train_model.train()
+        n_steps, bs = data.steps_per_epoch, data.per_rank_bs
+        losses = torch.zeros(n_steps, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        check_every = 1 if device.type == "cpu" else 25
+        step_callbacks = self._step_callbacks
+        for step in range(n_steps):
+            idx = order[step * bs:(step + 1) * bs]
+            state.lr = self._lr_at(epoch * n_steps + step, state)
+            for group in self.optimizer.param_groups:
+                group["lr"] = state.lr
+            x = self._inputs(self.hooks.augment_batch(data.store.batch(idx), aug_gen))
+            idx_dev = idx.to(device)
+            with self._autocast():
+                outputs = self.train_model(x)
+                loss = self.hooks.compute_loss(outputs, data.targets[idx_dev])
+            self._backward_and_step(loss)
+            losses[step] = loss.detach().float()
+            with torch.no_grad():
+                pred = self.hooks.scores_from_outputs(outputs.detach()).argmax(1)
+                correct += (pred == data.labels[idx_dev]).sum()
+            seen += len(idx)
+            if (step + 1) % check_every == 0 or step + 1 == n_steps:
+                self._check_finite(losses[: step + 1], epoch, state.lr)
+            state.step, state.loss = step, loss
+            for cb in step_callbacks:
+                cb.on_step_end(self, state)
+            if state.stop_reason is not None:
+                break
+        n_done = state.step + 1
+        self._check_finite(losses[:n_done], epoch, state.lr)
+        stats = torch.stack([losses[:n_done].sum(), correct.float(), torch.tensor(float(seen), device=device),
+                             torch.tensor(float(n_done), device=device)])
+        dist_utils.all_reduce_sum(stats)
+        state.steps += n_done
+        state.images_seen += int(stats[2])
+        state.metrics = {"train_loss": float(stats[0] / stats[3]), "train_acc": float(stats[1] / stats[2]),
+                         "lr": state.lr}
+
+    def _lr_at(self, global_step: int, state: FitState) -> float:
+        """The schedule's lr: progress is the step fraction, or under a time budget (one
+        process) max(step fraction, time fraction), so the schedule ends with the budget."""
+        cfg = self.config
+        progress = global_step / (state.steps_per_epoch * cfg.epochs)
+        if cfg.time_budget_s is not None and not self.dist.enabled:
+            progress = max(progress, state.budget_elapsed() / cfg.time_budget_s)
+        warm = min(cfg.warmup_epochs, cfg.epochs) / cfg.epochs  # a quick 1-epoch run keeps its warm-up
+        return cfg.lr * lr_factor(cfg.schedule, progress, warm)
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward, optional gradient clipping, optimizer step (through the GradScaler for fp16)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip:
+            params = self.model.parameters()
+            if cfg.grad_clip_mode == "value":
+                torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _check_finite(self, losses: torch.Tensor, epoch: int, lr: float) -> None:
         finite = torch.isfinite(losses)
         if bool(finite.all()):
             return
@@ -563,8 +778,3 @@ def _plain_config(cfg: TrainConfig) -> dict[str, Any]:
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters (used when deep.models has no counter of its own)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def clone_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy (used by tests and benchmarks to start two runs from the same weights)."""
-    return copy.deepcopy(model)

@@ -30,15 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvbench.data.fundus import PREPROCESS_MODES, prepare_fundus
 from cvbench.errors import UserError
 from cvbench.methods import Method, register_method
+from cvbench.params import Bool, Choice, Float, Int, Text
 from cvbench.split import Split, carve_validation
+from cvbench.tasks.retinopathy.fundus import PREPROCESS_MODES, prepare_fundus
 
-from .classifier import DeepClassifier, with_params
+from .classifier import DeepClassifier, _zoo_model
+from .engine import Callback
 from .models_base import ClassifierNet
 
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+
+
+def _fundus_or_zoo(name: str) -> None:
+    if name != "fundus-net":
+        _zoo_model(name)
 OBJECTIVES = ("classification", "regression")
 DECISIONS = ("argmax", "thresholds")
 
@@ -198,19 +205,90 @@ class FundusNet(ClassifierNet):
         return torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
 
 
+# ---------------------------------------------------------------------- unfreezing
+
+
+class UnfreezeBody(Callback):
+    """Make the frozen parameters of `net` trainable once `after` epochs are done: they join
+    the optimizer as a new param group with group 0's settings. A checkpoint keeps the epoch it
+    happened at; on resume the callback unfreezes again before the optimizer's state loads, so
+    the param groups match the saved ones."""
+
+    def __init__(self, net: nn.Module, after: int):
+        self.net, self.after, self.unfrozen_at = net, int(after), None
+
+    def update(self, epochs_done: int, optimizer: torch.optim.Optimizer) -> None:
+        """Unfreeze now if `epochs_done` epochs reach `after` (once)."""
+        if self.unfrozen_at is None and epochs_done >= self.after:
+            self._unfreeze(optimizer)
+            self.unfrozen_at = epochs_done
+
+    def on_epoch_end(self, trainer, state):
+        self.update(state.epoch + 1, trainer.optimizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"unfrozen_at": self.unfrozen_at}
+
+    def load_state_dict(self, saved, trainer):
+        if saved["unfrozen_at"] is not None and self.unfrozen_at is None:
+            self._unfreeze(trainer.optimizer)
+            self.unfrozen_at = int(saved["unfrozen_at"])
+
+    def _unfreeze(self, optimizer: torch.optim.Optimizer) -> None:
+        frozen = [p for p in self.net.parameters() if not p.requires_grad]
+        for p in frozen:
+            p.requires_grad = True
+        if frozen:
+            group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+            optimizer.add_param_group({**group, "params": frozen})
+
+
 # ---------------------------------------------------------------------- the method
 
-_Base = with_params(
-    DeepClassifier, name="_FundusBase",
-    model="fundus-net", image_size=128, epochs=6, batch_size=16, optimizer="adamw", lr=1e-3,
-    weight_decay=1e-4, schedule="onecycle", augment="none", normalize="auto", val_fraction=0.15,
-    fundus_prep="crop+ben", fundus_augment="rotate-flip-jitter", objective="classification",
-    decision="argmax", per_image_norm=False, freeze=False, unfreeze_after=None,
-    model_kwargs=None, train_crop=None,
-)
+FUNDUS_DEFAULTS = dict(model="fundus-net", image_size=128, epochs=6, batch_size=16, optimizer="adamw",
+                       lr=1e-3, weight_decay=1e-4, schedule="onecycle", augment="none",
+                       normalize="auto", val_fraction=0.15)
 
 
-class FundusClassifier(_Base):
+def parse_fundus_augment(spec: str | None) -> dict[str, Any]:
+    """'rotate-flip-jitter:0.1' -> {"rotate": True, "flip": True, "jitter": 0.1}."""
+    text = str(spec or "none").strip().lower()
+    out = {"rotate": False, "flip": False, "jitter": 0.0}
+    if text in ("none", "", "off"):
+        return out
+    for token in text.replace("+", "-").split("-"):
+        name, _, arg = token.partition(":")
+        if name in ("rotate", "flip") and not arg:
+            out[name] = True
+        elif name == "jitter":
+            try:
+                out["jitter"] = float(arg) if arg else 0.1
+            except ValueError:
+                raise UserError(f"fundus_augment {spec!r}: jitter:<sigma> needs a number") from None
+        else:
+            raise UserError(f"unknown fundus_augment token {token!r} in {spec!r}; "
+                            "expected rotate, flip, jitter[:sigma] joined by '-', or 'none'")
+    return out
+
+
+def parse_model_kwargs(spec: str | None) -> dict[str, Any]:
+    """'stem_stride=2,blocks=3' -> {"stem_stride": 2, "blocks": 3}."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in str(spec or "").split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UserError(f"model_kwargs {spec!r}: expected key=value pairs")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            try:
+                out[key.strip()] = float(value)
+            except ValueError:
+                out[key.strip()] = value.strip()
+    return out
+
+
+class FundusClassifier(DeepClassifier):
     """Deep DR grader: fundus preprocessing (crop | crop+ben), rotation/flip/jitter
     augmentation, class weights or balanced oversampling, classification or ordinal regression.
 
@@ -230,55 +308,51 @@ class FundusClassifier(_Base):
                        input); evaluation sees whole images (the network pools globally)
     """
 
-    # ---------------------------------------------------------------- validation & parsing
+    parameters = {
+        "model": Text(_fundus_or_zoo, "'fundus-net' or a model of the zoo"),
+        "fundus_prep": Choice(*PREPROCESS_MODES),
+        "fundus_augment": Text(parse_fundus_augment, "tokens rotate, flip, jitter[:sigma] joined by '-', or 'none'"),
+        "objective": Choice(*OBJECTIVES),
+        "decision": Choice(*DECISIONS),
+        "per_image_norm": Bool(),
+        "freeze": Bool(),
+        "unfreeze_after": Int(0, none=True),
+        "model_kwargs": Text(parse_model_kwargs, "key=value pairs", none=True),
+        "train_crop": Int(8, 1024, none=True),
+    }
 
-    def _validate(self) -> None:
-        super()._validate()
-        if self.fundus_prep not in PREPROCESS_MODES:
-            raise UserError(f"fundus_prep must be one of {', '.join(PREPROCESS_MODES)}, got {self.fundus_prep!r}")
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.decision not in DECISIONS:
-            raise UserError(f"decision must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
-        if self.train_crop is not None and not 8 <= int(self.train_crop) <= int(self.image_size or 128):
-            raise UserError(f"train_crop must be between 8 and image_size ({self.image_size}), got {self.train_crop}")
-        if self.objective == "regression" and self.class_weight:
-            raise UserError("class_weight applies to classification; use sampling='balanced' with regression")
-        self._fundus_aug()
+    def __init__(self, fundus_prep: str = "crop+ben", fundus_augment: str = "rotate-flip-jitter",
+                 objective: str = "classification", decision: str = "argmax",
+                 per_image_norm: bool = False, freeze: bool = False, unfreeze_after: int | None = None,
+                 model_kwargs: str | None = None, train_crop: int | None = None, **kwargs):
+        super().__init__(**{**FUNDUS_DEFAULTS, **kwargs})
+        self.fundus_prep = fundus_prep
+        self.fundus_augment = fundus_augment
+        self.objective = objective
+        self.decision = decision
+        self.per_image_norm = per_image_norm
+        self.freeze = freeze
+        self.unfreeze_after = unfreeze_after
+        self.model_kwargs = model_kwargs
+        self.train_crop = train_crop
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], context: dict[str, Any]) -> str | None:
+        problem = super().check_params(params, context)
+        if problem:
+            return problem
+        crop, size = params.get("train_crop"), params.get("image_size") or 128
+        if crop is not None and crop > size:
+            return f"train_crop ({crop}) must not exceed image_size ({size})"
+        if params.get("objective") == "regression" and params.get("class_weight"):
+            return "class_weight applies to classification; use sampling='balanced' with regression"
+        return None
 
     def _fundus_aug(self) -> dict[str, Any]:
-        text = str(self.fundus_augment or "none").strip().lower()
-        out = {"rotate": False, "flip": False, "jitter": 0.0}
-        if text in ("none", "", "off"):
-            return out
-        for token in text.replace("+", "-").split("-"):
-            name, _, arg = token.partition(":")
-            if name in ("rotate", "flip") and not arg:
-                out[name] = True
-            elif name == "jitter":
-                try:
-                    out["jitter"] = float(arg) if arg else 0.1
-                except ValueError:
-                    raise UserError(f"fundus_augment {self.fundus_augment!r}: jitter:<sigma> needs a number") from None
-            else:
-                raise UserError(f"unknown fundus_augment token {token!r} in {self.fundus_augment!r}; "
-                                "expected rotate, flip, jitter[:sigma] joined by '-', or 'none'")
-        return out
+        return parse_fundus_augment(self.fundus_augment)
 
     def _model_kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for part in filter(None, (p.strip() for p in str(self.model_kwargs or "").split(","))):
-            key, sep, value = part.partition("=")
-            if not sep:
-                raise UserError(f"model_kwargs {self.model_kwargs!r}: expected key=value pairs")
-            try:
-                out[key.strip()] = int(value)
-            except ValueError:
-                try:
-                    out[key.strip()] = float(value)
-                except ValueError:
-                    out[key.strip()] = value.strip()
-        return out
+        return parse_model_kwargs(self.model_kwargs)
 
     @property
     def thresholded(self) -> bool:
@@ -314,9 +388,19 @@ class FundusClassifier(_Base):
         if self.freeze:
             models.freeze_body(net, train_bn=True)
         self._net = net
-        self._epochs_seen = 0
-        self._unfrozen_at = None
+        self._unfreeze = None
+        if self.freeze and self.unfreeze_after is not None:
+            self._unfreeze = UnfreezeBody(net, self.unfreeze_after)
         return net
+
+    def callbacks(self) -> list[Callback]:
+        unfreeze = getattr(self, "_unfreeze", None)
+        return [*super().callbacks(), *([unfreeze] if unfreeze is not None else [])]
+
+    @property
+    def _unfrozen_at(self) -> int | None:
+        unfreeze = getattr(self, "_unfreeze", None)
+        return unfreeze.unfrozen_at if unfreeze is not None else None
 
     def targets(self, split: Split) -> torch.Tensor:
         if self.objective == "regression":
@@ -356,22 +440,15 @@ class FundusClassifier(_Base):
         return (xf - mean) / std
 
     def on_epoch_end(self, epoch: int, trainer) -> None:
-        """Unfreeze the body after `unfreeze_after` epochs (called by the engine when it supports it)."""
-        self._epochs_seen = epoch + 1
-        if (self.freeze and self.unfreeze_after is not None and self._unfrozen_at is None
-                and epoch + 1 >= int(self.unfreeze_after)):
-            frozen = [p for p in self._net.parameters() if not p.requires_grad]
-            for p in frozen:
-                p.requires_grad = True
-            if frozen:
-                group = {k: v for k, v in trainer.optimizer.param_groups[0].items() if k != "params"}
-                trainer.optimizer.add_param_group({**group, "params": frozen})
-            self._unfrozen_at = epoch + 1
+        """The unfreezing step after 0-based `epoch`, by hand (training runs it through the
+        UnfreezeBody callback; kept for tests/test_retinopathy.py)."""
+        if self._unfreeze is not None:
+            self._unfreeze.update(epoch + 1, trainer.optimizer)
 
     # ---------------------------------------------------------------- estimator API
 
     def fit(self, split: Split) -> FundusClassifier:
-        self._validate()
+        self.validate({"n_train": len(split)})
         self._aug = self._fundus_aug()
         self.thresholds_ = np.asarray(DEFAULT_THRESHOLDS, dtype=np.float64)
         prepared = self._prepared(split)
@@ -385,7 +462,8 @@ class FundusClassifier(_Base):
                               "unfreeze_after": self.unfreeze_after,
                               "unfrozen_at_epoch": self._unfrozen_at,
                               "note": None if self.unfreeze_after is None or self._unfrozen_at
-                              else "unfreeze_after not applied (the engine did not call on_epoch_end)"}
+                              else f"unfreeze_after not reached: training stopped after "
+                                   f"{self.result_.epochs_run} epochs"}
         val = self._val_split(prepared)
         if val is not None:
             outputs = self.trainer_.predict_outputs(self.pixels(val))
@@ -439,6 +517,16 @@ class FundusClassifier(_Base):
                 "val_qwk_default": round(float(default_qwk), 4), "val_qwk_fitted": round(float(fitted_qwk), 4)}
 
 
+def _sigmas(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UserError(f"scales must be comma-separated numbers (DoG sigmas), got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise UserError(f"scales must be positive DoG sigmas, got {text!r}")
+    return values
+
+
 @register_method("retina-lesion-stats", family="classical", description=(
     "Multi-scale DoG lesion statistics of the green channel + ridge regression + QWK thresholds"))
 class LesionStats(Method):
@@ -447,6 +535,14 @@ class LesionStats(Method):
     that maximise QWK on out-of-fold predictions of the training split (GroupKFold by patient),
     so no separate validation split is spent. Scores as `threshold_scores`. Defaults (scales,
     alpha) were chosen by that out-of-fold QWK on the training split, not on the test split."""
+
+    parameters = {
+        "image_size": Int(32, 2048),
+        "scales": Text(_sigmas, "comma-separated DoG sigmas like '0.7,1,2'"),
+        "alpha": Float(0.0, lo_open=True),
+        "folds": Int(2, 100),
+        "seed": Int(0),
+    }
 
     def __init__(self, image_size: int = 256, scales: str = "0.7,1,2,4,8", alpha: float = 10.0,
                  folds: int = 5, seed: int = 0):
@@ -457,19 +553,17 @@ class LesionStats(Method):
         self.seed = seed
 
     def _features(self, split: Split) -> np.ndarray:
-        from cvbench.data.fundus import lesion_statistics
+        from cvbench.tasks.retinopathy.fundus import lesion_statistics
 
         prepared = prepare_fundus(split, int(self.image_size), "crop",
                                   skip_bad=bool(split.meta.get("skip_bad")))
-        try:
-            scales = tuple(float(v) for v in str(self.scales).split(","))
-        except ValueError:
-            raise UserError(f"scales must be comma-separated numbers (DoG sigmas), got {self.scales!r}") from None
+        scales = _sigmas(self.scales)
         return np.stack([lesion_statistics(im, scales=scales) for im in prepared.items])
 
     def fit(self, split: Split) -> LesionStats:
         import time
 
+        self.validate({"n_train": len(split)})
         from sklearn.linear_model import Ridge
         from sklearn.model_selection import GroupKFold, cross_val_predict
         from sklearn.pipeline import make_pipeline
@@ -505,21 +599,21 @@ class LesionStats(Method):
         return threshold_scores(values, self.thresholds_)
 
 
-def _register(name: str, description: str, **defaults: Any) -> type:
-    cls_name = "".join(p.capitalize() for p in name.split("-")) + "Method"
-    cls = with_params(FundusClassifier, name=cls_name, doc=f"{description}\n\n{FundusClassifier.__doc__}",
-                      **defaults)
-    cls.__module__ = __name__
-    globals()[cls_name] = cls
-    return register_method(name, family="deep", description=description)(cls)
-
-
 register_method("retina-cnn", family="deep", description=(
     "CPU-sized CNN on border-cropped fundus images, rotation/flip/jitter augmentation"))(FundusClassifier)
-_register("retina-ordinal", "Ordinal DR grader: scalar regression + QWK-optimised thresholds (val split)",
-          objective="regression", decision="thresholds")
-_register("retina-densenet201", "The study's DenseNet-201 + fastai head, body frozen except BN (GPU protocol)",
-          model="densenet201", image_size=256, epochs=20, batch_size=32, optimizer="adam", lr=1e-3,
-          weight_decay=1e-6, schedule="onecycle", normalize="imagenet", pretrained="imagenet",
-          freeze=True, unfreeze_after=None, sampling="balanced", per_image_norm=True, fundus_prep="crop",
-          val_fraction=0.2)
+
+
+@register_method("retina-ordinal", family="deep")
+def retina_ordinal(**params) -> FundusClassifier:
+    """Ordinal DR grader: scalar regression + QWK-optimised thresholds (val split)"""
+    return FundusClassifier(**{"objective": "regression", "decision": "thresholds", **params})
+
+
+@register_method("retina-densenet201", family="deep")
+def retina_densenet201(**params) -> FundusClassifier:
+    """The study's DenseNet-201 + fastai head, body frozen except BN (GPU protocol)"""
+    return FundusClassifier(**{
+        "model": "densenet201", "image_size": 256, "epochs": 20, "batch_size": 32, "optimizer": "adam",
+        "lr": 1e-3, "weight_decay": 1e-6, "schedule": "onecycle", "normalize": "imagenet",
+        "pretrained": "imagenet", "freeze": True, "unfreeze_after": None, "sampling": "balanced",
+        "per_image_norm": True, "fundus_prep": "crop", "val_fraction": 0.2, **params})

@@ -107,7 +107,7 @@ def test_words_same_from_descriptor_store_and_fused_extraction(monkeypatch, tmp_
 
 @pytest.mark.realdata
 def test_scene15_small_subset_well_above_chance(real_data):
-    from cvbench.data.scene15 import read_scene15
+    from cvbench.tasks.scene15.reader import read as read_scene15
 
     train, test = read_scene15(task_data(real_data, "scene15"))
     train, test = per_class_limit(train, 20, seed=0), per_class_limit(test, 10, seed=0)

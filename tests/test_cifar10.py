@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cvbench.data.cifar10 import CLASSES, load_cifar10, read_batch
 from cvbench.errors import DataError
 from cvbench.tasks import get_task
+from cvbench.tasks.cifar10.reader import CLASSES, read_batch
+from cvbench.tasks.cifar10.reader import read as load_cifar10
 from tests.conftest import task_data
 
 
@@ -130,15 +131,22 @@ def test_task_registration():
 
 def test_page_sections_render_budget_and_claims(tmp_path):
     task = get_task("cifar10")
-    record = {
-        "method": "fastnet", "family": "deep", "label": "FastNet (CPU budget)", "quick": False,
-        "metrics": {"accuracy": 0.5}, "device": {"name": "cpu"},
-        "info": {"n_params": 1234, "wall_s": 10.0, "train_images_per_s": 50.0,
-                 "curves": {"epoch": [1, 2], "train_loss": [2.0, 1.5], "train_acc": [0.2, 0.4],
-                            "val_loss": [2.1, 1.7], "val_acc": [0.2, 0.35]},
-                 "budget": {"protocol": "cpu budget: 2 epochs", "epochs": 2, "epochs_run": 2}},
-    }
-    md = task.extras["page_sections"]([json.loads(json.dumps(record))], tmp_path)
+    from cvbench.report import Page
+    from cvbench.results import RunRecord
+
+    record = RunRecord(
+        key="k", task="cifar10", params={}, seed=0, timings={}, data={"test": {"n": 1}},
+        method="fastnet", family="deep", label="FastNet (CPU budget)", quick=False,
+        metrics={"accuracy": 0.5}, device={"name": "cpu"},
+        info={"n_params": 1234, "wall_s": 10.0, "train_images_per_s": 50.0,
+              "curves": {"epoch": [1, 2], "train_loss": [2.0, 1.5], "train_acc": [0.2, 0.4],
+                         "val_loss": [2.1, 1.7], "val_acc": [0.2, 0.35]},
+              "budget": {"protocol": "cpu budget: 2 epochs", "epochs": 2, "epochs_run": 2}},
+    )
+    record = RunRecord.from_json(json.loads(record.to_json()))
+    sections = task.report_sections()
+    page = Page(task, [record], [], tmp_path)
+    md = sections["budgets"](page) + sections["claims"](page)
     assert "cpu budget: 2 epochs" in md and "1,234" in md and "0.95" in md
     assert "FastNet (CPU budget)" in md
 

@@ -15,9 +15,10 @@ from torch import nn
 
 from cvbench.deep import augment as aug
 from cvbench.deep import device as dev
-from cvbench.deep.classifier import DeepClassifier, with_params
+from cvbench.deep.classifier import DeepClassifier
 from cvbench.deep.distributed import shard_indices
 from cvbench.deep.engine import (
+    Callback,
     ImageStore,
     TrainConfig,
     TrainData,
@@ -93,6 +94,17 @@ class FlipCropHooks(TrainHooks):
         return aug.apply_augment(x, aug.AugmentSpec(flip=True, pad=2), generator)
 
 
+class InterruptAt(Callback):
+    """Ctrl-C at the start of epoch `epoch` (0-based): the checkpoint of the one before is on disk."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, state):
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
 # ------------------------------------------------------------------- training loop
 
 
@@ -115,12 +127,8 @@ def test_resume_equals_uninterrupted(tmp_path):
     full, res_full = _fit(cfg(), hooks=FlipCropHooks(), weights=weights, val=True)
     (tmp_path / "ck.pt").unlink()
 
-    def stop_after_first(epoch, hist):
-        if epoch == 0:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        _fit(cfg(), hooks=FlipCropHooks(), weights=weights, val=True, on_epoch_end=stop_after_first)
+        _fit(cfg(), hooks=FlipCropHooks(), weights=weights, val=True, callbacks=[InterruptAt(1)])
     assert (tmp_path / "ck.pt").is_file()
     resumed, res = _fit(cfg(resume=True), hooks=FlipCropHooks(), weights=weights, val=True)
     assert res.resumed_from_epoch == 1
@@ -165,19 +173,27 @@ def test_time_budget_stops_and_is_recorded():
     assert result.epochs_run == 1 and result.steps == 1
 
 
-def test_process_clock_budget_and_epoch_hook():
-    class Hooks(TrainHooks):
-        seen: list = []
+def test_process_clock_budget_and_method_callback():
+    class Seen(Callback):
+        def __init__(self):
+            self.seen = []
 
-        def on_epoch_end(self, epoch, trainer):
-            self.seen.append((epoch, type(trainer).__name__))
+        def on_epoch_end(self, trainer, state):
+            self.seen.append((state.epoch, type(trainer).__name__))
+
+    class Hooks(TrainHooks):
+        def __init__(self):
+            self.seen = Seen()
+
+        def callbacks(self):
+            return [self.seen]
 
     hooks = Hooks()
     cfg = TrainConfig(epochs=50, batch_size=8, lr=0.05, device="cpu", progress=False, time_budget_s=1e-4,
                       budget_clock="process")
     _, result = _fit(cfg, hooks=hooks)
     assert result.stop_reason == "time_budget" and result.budget_clock == "process"
-    assert hooks.seen == [(0, "Trainer")]
+    assert hooks.seen.seen == [(0, "Trainer")]
     with pytest.raises(UserError, match="budget_clock"):
         TrainConfig(budget_clock="gpu").validate()
 
@@ -317,7 +333,8 @@ def test_deep_classifier_hooks_shapes_and_weights():
     groups = {"g": np.array(["u", "v", "v"] * 16), "h": np.array(["p", "q", "r", "p"] * 12)}
     labels = np.array([0] * 24 + [1] * 12 + [2] * 8 + [3] * 4)
     x, _ = _data(48)
-    split = Split(items=x, labels=labels, classes=tuple("abcd"), name="t/train", groups=groups)
+    split = Split(items=x, labels=labels, classes=tuple("abcd"), name="t/train", groups=groups,
+                  aux_classes={"g": ("u", "v"), "h": ("p", "q", "r")})
     m = TinyClassifier(epochs=1, batch_size=16, lr=0.01, class_weight="balanced", sampling="balanced:g",
                        aux_targets="g:2,h", augment="flip-crop-cutout:2", normalize="auto", device="cpu")
     m.fit(split)
@@ -328,9 +345,10 @@ def test_deep_classifier_hooks_shapes_and_weights():
     m2 = TinyClassifier(sampling="balanced")
     assert m2._sample_weights(split)[labels == 3] == pytest.approx(1 / 4)
     assert m.model_.head.out_features == k + 2 + 3
-    scores = m.predict_scores(split)
+    out = m.predict_scores(split)
+    scores = out.main
     assert scores.shape == (48, k) and np.allclose(scores.sum(1), 1, atol=1e-5)
-    assert m.aux_scores_["g"].shape == (48, 2) and m.aux_scores_["h"].shape == (48, 3)
+    assert out.aux["g"].shape == (48, 2) and out.aux["h"].shape == (48, 3)
     assert m.info_["aux_classes"] == {"g": ["u", "v"], "h": ["p", "q", "r"]}
     t = m.targets(split)
     assert t.shape == (48, 3) and t[:, 1].tolist() == [0 if g == "u" else 1 for g in groups["g"]]
@@ -340,11 +358,11 @@ def test_deep_classifier_hooks_shapes_and_weights():
     assert set(info["curves"]) >= {"epoch", "train_loss", "train_acc"} and "val_acc" not in info["curves"]
 
 
-def test_aux_targets_use_meta_class_order_and_check_sizes():
+def test_aux_targets_use_the_tasks_extra_label_order_and_check_sizes():
     groups = {"age": np.array(["10-19", "3-9", "0-2", "3-9"] * 6)}
     x, y = _data(24)
     split = Split(items=x, labels=y, classes=tuple("abcd"), name="t/train", groups=groups,
-                  meta={"age_classes": ["0-2", "3-9", "10-19"]})
+                  aux_classes={"age": ("0-2", "3-9", "10-19")})
     m = TinyClassifier(aux_targets="age:3")
     assert m._aux_heads(split) == [("age", ("0-2", "3-9", "10-19"))]
     with pytest.raises(UserError, match="age:4"):
@@ -380,15 +398,19 @@ def test_path_split_is_decoded_once_at_image_size(tmp_path):
     m = TinyClassifier(image_size=10, n_jobs=1)
     pixels = m.pixels(split)
     assert pixels.shape == (6, 10, 10, 3) and pixels.dtype == np.uint8
-    cached = cache_dir("pixels") / f"{split.cache_key}-10.npy"
+    cached = cache_dir("pixels") / f"{split.cache_key}-10-rgb.npy"
     assert cached.is_file()
     assert np.array_equal(np.load(cached), pixels)
     full = TinyClassifier(image_size=20).pixels(split)
     assert np.array_equal(full, x)  # PNG round trip at native size is exact
 
 
-def test_with_params_and_registered_variants():
-    V = with_params(TinyClassifier, name="V", epochs=2, extra_knob=3)
+def test_subclass_with_kwargs_and_registered_presets():
+    class V(TinyClassifier):
+        def __init__(self, extra_knob: int = 3, **kwargs):
+            super().__init__(**{"epochs": 2, **kwargs})
+            self.extra_knob = extra_knob
+
     v = V(lr=0.5)
     assert v.epochs == 2 and v.lr == 0.5 and v.get_params()["extra_knob"] == 3
     from sklearn.base import clone

@@ -1,5 +1,5 @@
-"""FairFace task: reader, compositions at equal size, the composed-method wrapper, per-group
-tables and paired-bootstrap differences, and a tiny real-data run."""
+"""FairFace task: reader, compositions at equal size (the task's condition), per-group tables
+and paired-bootstrap differences, and a tiny real-data run."""
 
 from __future__ import annotations
 
@@ -7,24 +7,23 @@ import re
 
 import numpy as np
 import pytest
-from sklearn.base import clone
 
-from cvbench.data.fairface import (
-    AGES,
+from cvbench.errors import DataError, UserError
+from cvbench.leaderboard import render_task
+from cvbench.metrics import group_bootstrap, group_statistics
+from cvbench.report import Page, variant_name
+from cvbench.results import RunRecord
+from cvbench.split import Split
+from cvbench.tasks import get_task
+from cvbench.tasks.fairface.protocol import (
     BIASED_MIX,
-    RACES,
     compose,
     fitting_total,
     largest_remainder,
     parse_mix,
-    read_fairface,
-    read_label_csv,
-    with_composition,
 )
-from cvbench.errors import DataError, UserError
-from cvbench.methods import Method
-from cvbench.split import Split
-from cvbench.tasks.fairface import _point, group_bootstrap, page_sections, variant_name
+from cvbench.tasks.fairface.reader import AGES, RACES, read_label_csv
+from cvbench.tasks.fairface.reader import read as read_fairface
 from tests.conftest import task_data
 
 
@@ -72,7 +71,6 @@ def test_reader_reads_labels_and_groups(tmp_path):
     assert train.groups["race"][2] == "Black" and train.groups["gender"][1] == "Female"
     assert train.groups["race_gender"][0] == "White/Male"
     assert train.groups["age_id"][0] == 1 and train.groups["age"][0] == AGES[1]
-    assert train.meta["gender_classes"] == ["Male", "Female"] and test.meta["age_classes"] == list(AGES)
     assert "validation" in test.meta["variant"] and "2 per race" in test.meta["variant"]
     assert test.name == "fairface/test"
 
@@ -165,40 +163,21 @@ def test_user_mix_and_errors():
         parse_mix("White=0")
 
 
-class _Majority(Method):
-    """Majority class of the training split."""
-
-    def __init__(self, k: int = 1):
-        self.k = k
-
-    def fit(self, split):
-        self.counts_ = np.bincount(split.labels, minlength=split.n_classes)
-        self.info_ = {"n_train": len(split)}
-        return self
-
-    def predict_scores(self, split):
-        return np.tile(self.counts_.astype(float), (len(split), 1))
-
-
-def test_with_composition_wraps_any_method():
-    cls = with_composition(_Majority, {"k": 3})
-    m = cls(composition="biased")
-    params = m.get_params()
-    assert params == {"k": 3, "composition": "biased", "composition_total": 0,
-                      "composition_key": "race", "seed": 0}
-    assert clone(m).get_params() == params
-    m.fit(_synthetic_split(100))
-    assert m.info_["n_train"] == 227 and m.info_["composition"]["counts"]["White"] == 100
-    assert m.predict(_synthetic_split(2)).tolist() == [0] * 14  # White dominates the biased mix
-    with pytest.raises(TypeError):
-        with_composition(_Majority, {"nope": 1})
+def test_composition_condition_is_validated():
+    cond = get_task("fairface").conditions["composition"]
+    cond.validate("biased", "fairface")
+    cond.validate("White=50,Black=50", "fairface")
+    with pytest.raises(UserError, match="bad composition entry 'Klingon=3'"):
+        cond.validate("Klingon=3", "fairface")
+    drawn = cond.apply(_synthetic_split(100), "biased", 0)
+    assert len(drawn) == 227 and drawn.meta["composition"]["counts"]["White"] == 100
 
 
 # ---------------------------------------------------------------- group metrics and the page
 def test_group_point_and_bootstrap_by_hand():
     strata = np.array(["a", "a", "b", "b", "b", "b"])
     correct = np.array([[1, 0, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]], dtype=bool)
-    pt = _point(correct, strata)
+    pt = group_statistics(correct, strata)
     assert pt["per_group"].tolist() == [[0.5, 0.75], [1.0, 0.0]]
     assert pt["overall"].tolist() == pytest.approx([4 / 6, 2 / 6])
     assert pt["gap"].tolist() == [0.25, 1.0]
@@ -220,29 +199,33 @@ def _record(composition, correct_by_race, seed=0, class_weight=None, gender=None
     genders = np.tile(np.array(["Male", "Female"]), 35)
     scores = np.eye(7)[y_pred]
     groups = {"race": np.array(RACES)[y_true], "gender": genders}
-    metrics = evaluate(y_true, scores, RACES, extras=("groups:race", "groups:race*gender"), groups=groups)
-    rec = {
-        "key": f"{composition}{seed}{class_weight}", "method": "fairface-resnet", "label": "joint",
-        "seed": seed, "quick": False, "family": "deep",
-        "params": {"composition": composition, "class_weight": class_weight, "epochs": 3, "seed": seed},
-        "data": {"variant": "v", "train": {"n": 7000, "fingerprint": "t"}, "test": {"n": 70, "fingerprint": "f"}},
-        "metrics": metrics,
-        "predictions": {"y_true": y_true.tolist(), "y_pred": y_pred.tolist()},
-        "timings": {"fit_s": 1.0, "predict_s": 0.1, "total_s": 1.1, "per_image_ms": 1.0},
-        "info": {"composition": {"name": composition, "total": 2276, "counts": dict.fromkeys(RACES, 325)}},
-        "budget": {"epochs": 3},
-    }
+    metrics = evaluate(y_true, scores, RACES, metrics=("groups:race", "groups:race*gender"), groups=groups)
+    class_counts = dict.fromkeys(RACES, 10)
+    rec = RunRecord(
+        key=f"{composition}{seed}{class_weight}", task="fairface", method="cnn", label="joint",
+        seed=seed, family="deep", params={"class_weight": class_weight, "epochs": 3, "seed": seed},
+        conditions={"composition": composition},
+        data={"variant": "v", "train": {"n": 7000, "fingerprint": "t"},
+              "train_used": {"n": 2276, "composition": {"name": composition, "total": 2276,
+                                                         "counts": dict.fromkeys(RACES, 325)}},
+              "test": {"n": 70, "fingerprint": "f", "class_counts": class_counts}},
+        metrics=metrics,
+        predictions={"y_true": y_true.tolist(), "y_pred": y_pred.tolist()},
+        timings={"fit_s": 1.0, "predict_s": 0.1, "total_s": 1.1, "per_image_ms": 1.0},
+        budget={"epochs": 3},
+    )
     if gender:
-        rec["predictions"]["groups"] = {"gender": genders.tolist()}
+        rec.predictions["groups"] = {"gender": genders.tolist()}
     return rec
 
 
 def test_page_sections_tables_and_differences(tmp_path):
+    task = get_task("fairface")
     balanced = _record("balanced", [8] * 7)
     biased = _record("biased", [10, 6, 8, 8, 8, 8, 4])
     mitig = _record("biased", [9, 7, 8, 8, 8, 8, 6], class_weight="balanced", gender=True)
-    assert variant_name(mitig) == "biased + class-balanced loss"
-    md = page_sections([biased, balanced, mitig], tmp_path)
+    assert variant_name(Page(task, [], [], tmp_path), mitig) == "biased + class-balanced loss"
+    md = render_task(task, [biased, balanced, mitig], tmp_path)
     assert "## Disparity across groups" in md and "Tables V–XI" in md
     # per race x gender table: White / Male for the biased run is 5/5 right
     row = next(line for line in md.splitlines() if line.startswith("| White / Male"))
@@ -271,28 +254,27 @@ def test_real_fairface_tiny_knn_writes_group_table(real_data, tmp_path):
     train, test = per_class_limit(train, 30), per_class_limit(test, 10)
     records = []
     for comp in ("biased", "balanced"):
-        spec = RunSpec("fairface-tiny-knn", {"composition": comp, "size": 8, "n_jobs": 1})
+        spec = RunSpec("tiny-knn", {"size": 8, "n_jobs": 1}, conditions={"composition": comp})
         records.append(run_one(task, spec, RunOptions(save=False, progress=False), splits=(train, test)))
-    assert records[0]["info"]["composition"]["counts"]["White"] == 30
-    assert records[0]["info"]["composition"]["total"] == records[1]["info"]["composition"]["total"] == 68
-    assert set(records[0]["metrics"]["groups"]["race*gender"]["per_group"]) >= {"White / Male"}
-    md = page_sections(records, tmp_path)
+    assert records[0].composition["counts"]["White"] == 30
+    assert records[0].composition["total"] == records[1].composition["total"] == 68
+    assert records[0].conditions == {"composition": "biased"} and records[0].train_n == 68
+    assert set(records[0].metrics["groups"]["race*gender"]["per_group"]) >= {"White / Male"}
+    md = render_task(task, records, tmp_path)
     assert "| White / Female |" in md and "biased − balanced [95% CI]" in md
 
 
 # ---------------------------------------------------------------- registered methods, fixture
-def test_registered_fairface_methods_and_study_defaults():
-    from cvbench.methods import create_method
+def test_suite_blocks_sweep_compositions_with_the_joint_head():
+    from cvbench.paths import repo_root
+    from cvbench.suite import load_suite
 
-    m = create_method("fairface-resnet", composition="biased", class_weight="balanced")
-    p = m.get_params()
-    assert (p["model"], p["image_size"], p["optimizer"], p["lr"], p["batch_size"]) == (
-        "resnet34", 224, "adam", 0.001, 32)
-    assert p["aux_targets"] == "gender:2,age:9" and p["composition"] == "biased"
-    knn = create_method("fairface-tiny-knn", k=3, composition="balanced")
-    assert knn.get_params()["k"] == 3 and "seed" in knn.get_params()
-    with pytest.raises(UserError, match="no parameter 'nope'"):
-        create_method("fairface-tiny-knn", nope=1)
+    suite = load_suite(repo_root() / "suites" / "fairface.toml", "fairface")
+    specs = suite.specs()
+    comps = {s.conditions.get("composition") for s in specs if s.method == "cnn"}
+    assert {"biased", "balanced", None} <= comps
+    assert all(s.params["aux_targets"] == "gender:2,age:9" for s in specs if s.method == "cnn")
+    assert not any(s.method.startswith("fairface") for s in specs)
 
 
 def test_generated_fixture_joint_model_scores_gender_and_age(tmp_path):
@@ -304,10 +286,12 @@ def test_generated_fixture_joint_model_scores_gender_and_age(tmp_path):
     assert "GENERATED FIXTURE" in msg
     train, test = task.load_splits(tmp_path)
     assert train.meta["variant"].startswith("GENERATED FIXTURE") and (len(train), len(test)) == (56, 28)
-    spec = RunSpec("fairface-resnet", {"composition": "balanced", "model": "resnet-small", "width": 0.25,
-                                       "image_size": 16, "epochs": 1, "batch_size": 16, "val_fraction": 0.0})
+    assert train.aux_classes["gender"] == ("Male", "Female") and train.aux_classes["age"] == AGES
+    spec = RunSpec("cnn", {"model": "resnet-small", "width": 0.25, "image_size": 16, "epochs": 1,
+                           "batch_size": 16, "val_fraction": 0.0, "aux_targets": "gender:2,age:9"},
+                   conditions={"composition": "balanced"})
     rec = run_one(task, spec, RunOptions(save=False, progress=False, device="cpu"), splits=(train, test))
-    assert set(rec["metrics"]["aux"]) == {"gender", "age"} and rec["metrics"]["aux"]["age"]["n"] == 28
-    assert rec["info"]["composition"]["total"] == 18  # floor(8 / 0.4393)
-    assert rec["info"]["aux_classes"]["gender"] == ["Male", "Female"]
-    assert set(rec["metrics"]["groups"]) == {"race", "race*gender"}
+    assert set(rec.metrics["aux"]) == {"gender", "age"} and rec.metrics["aux"]["age"]["n"] == 28
+    assert rec.composition["total"] == 18  # floor(8 / 0.4393)
+    assert rec.info["aux_classes"]["gender"] == ["Male", "Female"]
+    assert set(rec.metrics["groups"]) == {"race", "race*gender"}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvbench.data import fundus
 from cvbench.split import Split
+from cvbench.tasks.retinopathy import fundus
 
 
 def synthetic_fundus(h: int = 300, w: int = 400, cy: int = 140, cx: int = 250, r: int = 100) -> np.ndarray:

@@ -12,8 +12,8 @@ from cvbench import cli
 from cvbench.errors import UserError
 from cvbench.leaderboard import render_all
 from cvbench.methods import Method, create_method, get_method_spec, register_method
-from cvbench.results import append_record, load_records, results_path, run_key
-from cvbench.run import RunOptions, RunSpec, run_one
+from cvbench.results import RunRecord, append_record, load_records, results_path, run_key
+from cvbench.run import RunOptions, RunSpec, plan_runs, run_one
 from cvbench.split import Split, carve_validation, per_class_limit
 from cvbench.suite import expand_sweep, load_suite, run_suite
 from cvbench.tasks import get_task
@@ -39,6 +39,13 @@ class NearestMean(Method):
         return -d
 
 
+def _record(key, task="demo", acc=0.5, **kw) -> RunRecord:
+    """A minimal valid record."""
+    fields = dict(key=key, task=task, method="m", params={}, seed=0, label="m",
+                  data={"variant": "v", "test": {"n": 2}}, metrics={"accuracy": acc}, timings={})
+    return RunRecord(**{**fields, **kw})
+
+
 def _toy_split(n=40, name="toy/train", seed=0):
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2
@@ -55,7 +62,9 @@ def test_split_fingerprint_changes_with_labels_and_subset():
 
 
 def test_split_rejects_bad_labels_and_lengths():
-    with pytest.raises(ValueError, match="labels outside"):
+    from cvbench.errors import DataError
+
+    with pytest.raises(DataError, match="label 3 is outside 0..1"):
         Split(np.zeros((2, 2, 2), np.uint8), [0, 3], ("a", "b"), "x")
     with pytest.raises(ValueError, match="2 items but 3 labels"):
         Split(np.zeros((2, 2, 2), np.uint8), [0, 1, 1], ("a", "b"), "x")
@@ -100,19 +109,20 @@ def test_create_method_rejects_unknown_names_and_params():
 
 
 def test_results_store_atomic_replace_and_corrupt_lines(tmp_path, capsys):
-    rec = {"key": "abc", "task": "demo", "metrics": {"accuracy": 0.5}}
-    append_record(rec, tmp_path)
-    append_record({**rec, "key": "def"}, tmp_path)
-    append_record({**rec, "metrics": {"accuracy": 0.9}}, tmp_path)  # same key replaces
+    append_record(_record("abc"), tmp_path)
+    append_record(_record("def"), tmp_path)
+    append_record(_record("abc", acc=0.9), tmp_path)  # same key replaces
     path = results_path("demo", tmp_path)
     assert len(path.read_text().splitlines()) == 2
     with open(path, "a") as f:
         f.write('{"key": "half-writ\n')
+        f.write(json.dumps({**json.loads(_record("ghi").to_json()), "label": 5}) + "\n")
     warnings = []
     recs = load_records("demo", tmp_path, warn=warnings.append)
-    assert [r["key"] for r in recs] == ["def", "abc"]
-    assert recs[1]["metrics"]["accuracy"] == 0.9 and recs[1]["schema"] == 1
-    assert len(warnings) == 1 and "demo.jsonl:3" in warnings[0]
+    assert [r.key for r in recs] == ["def", "abc"]
+    assert recs[1].metrics["accuracy"] == 0.9 and recs[1].schema == 2
+    assert len(warnings) == 2 and "demo.jsonl:3" in warnings[0]
+    assert "demo.jsonl:4" in warnings[1] and "field 'label'" in warnings[1]
     assert not list(tmp_path.glob("results/.*.tmp"))
 
 
@@ -125,18 +135,22 @@ def test_run_key_stable_and_sensitive():
 
 
 def test_run_one_on_demo_records_everything():
-    rec = run_one("demo", RunSpec("test-nearest-mean", {"shrink": 0.0}, seed=3))
-    assert rec["metrics"]["accuracy"] > 0.8  # nearest mean on digits is well above 0.1 chance
-    assert rec["seed"] == 3 and rec["params"]["seed"] == 3
-    assert rec["data"]["test"]["n"] == 599 and len(rec["predictions"]["y_pred"]) == 599
-    assert rec["timings"]["means_s"] == 0.001 and rec["budget"]["protocol"] == "closed form"
-    assert {"python", "numpy"} <= set(rec["versions"]) and rec["git"]
-    lo, hi = rec["metrics"]["accuracy_ci"]
-    assert lo <= rec["metrics"]["accuracy"] <= hi
-    # same key again: skipped (resume) unless forced
-    assert run_one("demo", RunSpec("test-nearest-mean", {"shrink": 0.0}, seed=3)) is None
-    assert run_one("demo", RunSpec("test-nearest-mean", {"shrink": 0.0}, seed=3),
-                   RunOptions(force=True)) is not None
+    spec = RunSpec("test-nearest-mean", {"shrink": 0.0}, seed=3)
+    assert not plan_runs("demo", [spec], RunOptions(), log=lambda m: None).runs[0].recorded
+    rec = run_one("demo", spec)
+    assert rec.metrics["accuracy"] > 0.8  # nearest mean on digits is well above 0.1 chance
+    assert rec.seed == 3 and rec.params["seed"] == 3
+    assert rec.test_n == 599 and len(rec.y_pred()) == 599 and len(rec.item_ids()) == 599
+    assert np.asarray(rec.predictions["scores"]).shape == (599, 10)  # 10 classes: every score kept
+    assert rec.timings["means_s"] == 0.001 and rec.budget["protocol"] == "closed form"
+    assert {"python", "numpy"} <= set(rec.versions) and rec.git
+    assert rec.method_facts["family"] == "classical" and rec.method_facts["defaults"] == {"shrink": 0.0, "seed": 0}
+    lo, hi = rec.metrics["accuracy_ci"]
+    assert lo <= rec.metrics["accuracy"] <= hi
+    # the same key is now recorded: a suite resumes past it
+    assert plan_runs("demo", [spec], RunOptions(), log=lambda m: None).runs[0].recorded
+    assert not plan_runs("demo", [spec], RunOptions(force=True), log=lambda m: None).runs[0].recorded
+    run_one("demo", spec)
     assert len(load_records("demo")) == 1
 
 
@@ -170,12 +184,14 @@ def test_suite_resumes_and_renders_deterministically(tmp_path):
     assert dry.resumed == 4 and sum(m.strip().startswith("recorded") for m in listed) == 4
     index = render_all(tasks=[get_task("demo"), get_task("scene15")] if _has("scene15") else [get_task("demo")])
     page = (index.parent / "demo.md").read_text()
-    first = index.read_text(), page, (index.parent / "figures/demo/nearest-mean-confusion.png").read_bytes()
+    figures = sorted((index.parent / "figures" / "demo").glob("nearest-mean-*-confusion.png"))
+    assert len(figures) == 1  # slug + run key
+    first = index.read_text(), page, figures[0].read_bytes()
     render_all(tasks=[get_task("demo")])
     assert "nearest mean: accuracy over shrink" in page
     assert "![confusion nearest mean]" in page
     assert (index.parent / "demo.md").read_text() == first[1]
-    assert (index.parent / "figures/demo/nearest-mean-confusion.png").read_bytes() == first[2]
+    assert figures[0].read_bytes() == first[2]
 
 
 def _has(task):
@@ -218,8 +234,8 @@ def test_cli_run_set_values_and_records(capsys):
     out = capsys.readouterr().out
     assert len([ln for ln in out.splitlines() if ln.startswith("demo test-nearest-mean")]) == 2
     recs = load_records("demo")
-    assert sorted(r["params"]["shrink"] for r in recs) == [0.0, 0.25]
-    assert all(r["sweep"] == ["shrink"] for r in recs)
+    assert sorted(r.params["shrink"] for r in recs) == [0.0, 0.25]
+    assert all(r.sweep == ["shrink"] for r in recs)
     assert cli.parse_value("3") == 3 and cli.parse_value("l1") == "l1" and cli.parse_value("true") is True
 
 
@@ -253,10 +269,10 @@ def test_demo_suite_quick_end_to_end(capsys):
     """The committed demo suite runs every block (classical + deep) and renders the pages."""
     assert cli.main(["suite", "demo", "--quick", "--no-progress", "--device", "cpu"]) == 0
     recs = load_records("demo")
-    families = {r["family"] for r in recs}
+    families = {r.family for r in recs}
     assert {"classical", "deep", "baseline"} <= families
-    assert all(r["quick"] and r["data"]["test"]["n"] == 150 for r in recs)
-    best = max(r["metrics"]["accuracy"] for r in recs)
+    assert all(r.quick and r.test_n == 150 for r in recs)
+    best = max(r.metrics["accuracy"] for r in recs)
     assert best > 0.5  # ten balanced classes: chance is 0.1
     page = (load_records.__globals__["leaderboard_dir"]() / "demo.md").read_text()
     assert "Quick runs (smoke tests" in page
@@ -300,12 +316,12 @@ def test_parallel_appends_lose_no_record(tmp_path):
 
     with ProcessPoolExecutor(4) as pool:
         list(pool.map(_append_one, [(tmp_path, i) for i in range(24)]))
-    assert sorted(int(r["key"]) for r in load_records("demo", tmp_path)) == list(range(24))
+    assert sorted(int(r.key) for r in load_records("demo", tmp_path)) == list(range(24))
 
 
 def _append_one(args):
     root, i = args
-    append_record({"key": str(i), "task": "demo", "metrics": {"accuracy": i / 24}}, root)
+    append_record(_record(str(i), acc=i / 24), root)
 
 
 def test_cache_key_sees_replaced_files_fingerprint_does_not(tmp_path):
@@ -332,27 +348,12 @@ def test_committed_suites_build_every_method(task_name):
         specs = suite.specs(quick=quick)
         assert specs or quick
         for spec in specs:
-            create_method(spec.method, **spec.params)
+            method = create_method(spec.method, **spec.params)
+            method.validate()  # every value of every sweep point is valid
+            for name, value in spec.conditions.items():
+                task.conditions[name].validate(value, task.name)
     families = {get_method_spec(b.method).family for b in suite.blocks}
     assert "classical" in families and "deep" in families  # both families on every task
-
-
-def test_method_variant_defaults_extra_params_and_validation():
-    from cvbench.methods import method_variant
-
-    def check(own):
-        if own["margin"] < 0:
-            raise UserError("margin must be >= 0")
-
-    Variant = method_variant(NearestMean, name="Shrunk", defaults={"shrink": 0.5},
-                             extra={"margin": 1.0}, validate=check)
-    m = Variant(margin=2.0)
-    assert m.get_params() == {"shrink": 0.5, "seed": 0, "margin": 2.0}
-    assert isinstance(m, NearestMean) and Variant.__qualname__ == "Shrunk"
-    with pytest.raises(UserError, match="margin"):
-        Variant(margin=-1.0)
-    with pytest.raises(TypeError, match="no parameter"):
-        method_variant(NearestMean, defaults={"nope": 1})
 
 
 def test_fixture_only_for_tasks_that_have_one(capsys, tmp_path):
@@ -360,17 +361,20 @@ def test_fixture_only_for_tasks_that_have_one(capsys, tmp_path):
     assert "has no generated fixture" in capsys.readouterr().err
 
 
-def test_timed_record_points_a_cached_sweep_point_at_the_run_that_computed_features():
-    from cvbench.leaderboard import timed_record
+def test_timed_record_points_a_cached_sweep_point_at_the_run_that_computed_features(tmp_path):
+    from cvbench.report import Page
+
+    facts = {"feature_cache_params": ["k"]}
 
     def rec(k, step, fit_s, label="bow"):
-        return {"label": label, "method": "bow-sift", "params": {"k": k, "step": step},
-                "timings": {"fit_s": fit_s, "predict_s": 0.0}}
+        return _record(f"{label}{k}{step}{fit_s}", label=label, method="bow-sift", params={"k": k, "step": step},
+                       timings={"fit_s": fit_s, "predict_s": 0.0}, method_facts=facts)
 
     cold, cached, other_step = rec(1, 4, 60.0), rec(8, 4, 0.01), rec(1, 8, 90.0)
     records = [cold, cached, other_step, rec(8, 4, 500.0, label="another block")]
-    assert timed_record(cached, records) is cold  # k reuses histograms; step does not
-    assert timed_record(other_step, records) is other_step
-    deep = {"label": "cnn", "method": "cnn", "params": {"epochs": 5}, "timings": {"fit_s": 1.0}}
-    slower = {**deep, "params": {"epochs": 50}, "timings": {"fit_s": 9.0}}
-    assert timed_record(deep, [deep, slower]) is deep  # no feature cache: own time
+    page = Page(get_task("demo"), records, [], tmp_path)
+    assert page.timed(cached) is cold  # k reuses histograms; step does not
+    assert page.timed(other_step) is other_step
+    deep = _record("d", label="cnn", method="cnn", params={"epochs": 5}, timings={"fit_s": 1.0})
+    slower = _record("e", label="cnn", method="cnn", params={"epochs": 50}, timings={"fit_s": 9.0})
+    assert Page(get_task("demo"), [deep, slower], [], tmp_path).timed(deep) is deep  # own time

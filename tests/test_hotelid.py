@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvbench.data.hotelid import (
+from cvbench.errors import DataError
+from cvbench.tasks.hotelid.reader import (
     FIXTURE_MARKER,
     detect_layout,
+    folder_description,
     generate_fixture,
-    load_hotelid,
     split_per_hotel,
 )
-from cvbench.errors import DataError
+from cvbench.tasks.hotelid.reader import read as load_hotelid
 
 TINY = dict(n_hotels=6, images_per_hotel=(2, 4), n_masks=3, size=(48, 36))
 
@@ -174,7 +175,7 @@ def test_map5_hand_computed():
 
 
 def test_retrieval_scores_best_match_per_hotel():
-    from cvbench.deep.hotelid import retrieval_scores
+    from cvbench.deep.retrieval import retrieval_scores
 
     gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     labels = np.array([0, 1, 1])
@@ -209,8 +210,8 @@ def test_suite_file_is_valid():
         for spec in specs:
             create_method(spec.method, **spec.params)
     assert any(s.method == "majority-class" for s in suite.specs())  # the floor
-    occ = [s for s in suite.specs() if s.method.startswith("hotel")]
-    cells = {(s.label, s.params.get("train_occlusion"), s.params.get("test_occlusion")) for s in occ}
+    occ = [s for s in suite.specs() if s.conditions]
+    cells = {(s.label, s.conditions.get("train_occlusion"), s.conditions.get("test_occlusion")) for s in occ}
     for label in {s.label for s in occ}:
         assert {(a, b) for lab, a, b in cells if lab == label} == {
             ("none", "none"), ("none", "masks"), ("masks", "none"), ("masks", "masks")}
@@ -230,30 +231,36 @@ def test_study_network_has_the_study_parameter_count():
 
 
 def test_two_by_two_on_the_fixture(tmp_path, fixture_2022):
-    """The study's 2x2 (train with / without masks x clean / occluded test) with tiny-image
-    k-NN fills the page's table from records alone."""
+    """The study's 2x2 (train with / without masks x clean / occluded test) with plain tiny-image
+    k-NN under the task's conditions: two fits, four records, the page's table from records."""
+    from cvbench.leaderboard import render_task
     from cvbench.results import load_records
-    from cvbench.run import RunOptions, RunSpec, run_one
+    from cvbench.run import RunOptions, execute, plan_runs
+    from cvbench.suite import RunSpec, expand_sweep
     from cvbench.tasks import get_task
 
     task = get_task("hotelid")
     options = RunOptions(data_dir=str(fixture_2022.parent), progress=False)
-    recs = []
-    for tr in ("none", "masks"):
-        for te in ("none", "masks"):
-            spec = RunSpec("hotelid-tiny-knn", {"size": 8, "k": 1, "train_occlusion": tr,
-                                                "test_occlusion": te}, label="tiny k-NN 2x2")
-            recs.append(run_one(task, spec, options))
-    assert len({r["key"] for r in recs}) == 4
+    grid = {"train_occlusion": ["none", "masks"], "test_occlusion": ["none", "masks"]}
+    specs = [RunSpec("tiny-knn", {"size": 8, "k": 1}, conditions=point, label="tiny k-NN 2x2",
+                     sweep=swept) for point, swept in expand_sweep(grid)]
+    plan = plan_runs(task, specs, options, log=lambda m: None)
+    assert len(plan.groups) == 2 and all(len(g.runs) == 2 for g in plan.groups)  # one fit per training side
+    report = execute(plan, options, log=lambda m: None)
+    assert report.done == 4 and not report.failed
+    recs = load_records("hotelid")
+    assert len({r.key for r in recs}) == 4
     for r in recs:
-        assert 0 <= r["metrics"]["map5"] <= 1 and "top5_accuracy" in r["metrics"]
-        assert "GENERATED FIXTURE" in r["data"]["variant"]
-    occluded = [r for r in recs if r["params"]["test_occlusion"] == "masks"]
-    assert all(r["info"]["test_set"]["source"] == "train_masks (3 files)" for r in occluded)
-    assert len({r["info"]["test_set"]["fingerprint"] for r in occluded}) == 1  # one test set
-    trained = [r for r in recs if r["params"]["train_occlusion"] == "masks"]
-    assert all("occluded copy" in r["info"]["train_occlusion"]["how"] for r in trained)
-    page = task.extras["page_sections"](load_records("hotelid"), tmp_path)
+        assert 0 <= r.metrics["map5"] <= 1 and "top5_accuracy" in r.metrics and "map5_ci" in r.metrics
+        assert "GENERATED FIXTURE" in r.variant and r.method == "tiny-knn"
+    occluded = [r for r in recs if r.conditions["test_occlusion"] == "masks"]
+    assert all(r.data["test_used"]["occlusion"]["source"] == "train_masks (3 files)" for r in occluded)
+    assert len({r.data["test_used"]["fingerprint"] for r in occluded}) == 1  # one test set
+    trained = [r for r in recs if r.conditions["train_occlusion"] == "masks"]
+    assert all(r.data["train_used"]["n"] == 2 * r.data["train"]["n"] for r in trained)  # + occluded copy
+    assert all("one augmented copy" in r.data["train_augment"]["how"] for r in trained)
+    assert sum("fit_reused" in r.info for r in recs) == 2
+    page = render_task(task, recs, tmp_path)
     assert "No real Hotel-ID run exists yet" in page
     table = page[page.index("### tiny k-NN 2x2"):]
     assert "| without masks | top-1" in table and "| with masks | top-1" in table
@@ -263,58 +270,73 @@ def test_two_by_two_on_the_fixture(tmp_path, fixture_2022):
     assert "cvbench suite hotelid" in page and "cvbench data check hotelid" in page
 
 
-def test_page_marks_missing_cells_and_keeps_real_runs_apart():
-    from cvbench.tasks.hotelid import page_sections
+def test_page_marks_missing_cells_and_keeps_real_runs_apart(tmp_path):
+    from cvbench.report import Page
+    from cvbench.results import RunRecord
+    from cvbench.tasks import get_task
+    from cvbench.tasks.hotelid.report import section_occlusion
 
     def rec(tr, te, variant, acc):
-        return {"key": f"{tr}{te}{variant}", "method": "hotelid-cnn", "label": "cnn",
-                "params": {"train_occlusion": tr, "test_occlusion": te, "epochs": 1},
-                "seed": 0, "data": {"variant": variant},
-                "metrics": {"accuracy": acc, "top5_accuracy": acc, "map5": acc}}
+        return RunRecord(key=f"{tr}{te}{variant}", task="hotelid", method="cnn", label="cnn",
+                         params={"epochs": 1}, conditions={"train_occlusion": tr, "test_occlusion": te},
+                         seed=0, data={"variant": variant, "test": {"n": 3}},
+                         metrics={"accuracy": acc, "top5_accuracy": acc, "map5": acc}, timings={})
 
-    real = "Hotel-ID 2022: 3116 hotels"
-    page = page_sections([rec("none", "none", real, 0.5), rec("masks", "none", real, 0.25),
-                          rec("none", "none", "GENERATED FIXTURE (x)", 0.125)], Path("."))
+    real = "real listing photos, 14 hotels (not Hotel-ID 2022)"
+    page = section_occlusion(Page(get_task("hotelid"), [rec("none", "none", real, 0.5), rec("masks", "none", real, 0.25),
+                                  rec("none", "none", "GENERATED FIXTURE (x)", 0.125)], [], tmp_path))
     assert "No real Hotel-ID run exists yet" not in page
-    assert "2 runs on Hotel-ID data; 1 on the generated fixture" in page
-    real_part = page[page.index("### Hotel-ID data"):page.index("### Generated fixture")]
+    assert "2 runs on real photographs; 1 on the generated fixture" in page
+    real_part = page[page.index("### Real photographs"):page.index("### Generated fixture")]
     assert "top-1 0.500" in real_part and "top-1 0.250" in real_part and "0.125" not in real_part
     assert real_part.count("not run") == 2
 
 
-def test_occlude_torch_batch_only_masked_pixels():
-    import torch
+def test_folder_description_names_the_variant(tmp_path):
+    generate_fixture(tmp_path / "hotelid", seed=0, **TINY)
+    (tmp_path / "hotelid" / "FIXTURE.md").unlink()
+    assert folder_description(tmp_path / "hotelid") is None
+    (tmp_path / "hotelid" / "README.md").write_text('# x\nVariant: "real listing photos, 6 hotels"\n')
+    assert folder_description(tmp_path / "hotelid") == "real listing photos, 6 hotels"
+    _, test = load_hotelid(tmp_path / "hotelid")
+    assert test.meta["variant"].startswith("real listing photos, 6 hotels: 6 hotels")
 
-    from cvbench.deep.hotelid import occlude_torch_batch
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(20, 230, (4, 3, 24, 32), dtype=torch.uint8, generator=g)
-    out = occlude_torch_batch(x, g, [], "red", 1.0)
-    assert out.shape == x.shape and out.dtype == torch.uint8
-    changed = (out != x).any(1)
-    red = (out[:, 0] == 255) & (out[:, 1] == 0) & (out[:, 2] == 0)
+def test_occlusion_augment_only_masked_pixels(fixture_2022):
+    from cvbench.tasks import get_task
+
+    train, _ = get_task("hotelid").load_splits(fixture_2022.parent)
+    aug = get_task("hotelid").conditions["train_occlusion"].apply(train, "masks", 0).augment
+    assert aug is not None and aug.facts["source"] == "train_masks (3 files)" and aug.p == 0.5
+    x = np.random.default_rng(0).integers(20, 230, (4, 24, 32, 3), dtype=np.uint8)
+    out = aug.apply(x, np.random.default_rng(1), 1.0)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    changed = (out != x).any(-1)
+    red = (out[..., 0] == 255) & (out[..., 1] == 0) & (out[..., 2] == 0)
     assert changed.any() and bool((changed == red).all())
+    assert get_task("hotelid").conditions["train_occlusion"].apply(train, "none", 0).augment is None
 
 
 def test_deep_cnn_and_retrieval_one_epoch(fixture_2022, tmp_path):
-    """hotelid-cnn and hotel-retrieval train for one epoch with masks pasted per batch and
-    score the occluded test set; a second run differing only in the test side reuses the fit."""
+    """cnn and cnn-retrieval train for one epoch with masks pasted per batch (the engine's
+    hook) and are scored on the clean and the occluded test set from one fit each."""
     pytest.importorskip("torch")
-    from cvbench.methods import create_method
+    from cvbench.run import RunOptions, plan_runs, run_group
+    from cvbench.suite import RunSpec
+    from cvbench.tasks import get_task
 
-    train, test = load_hotelid(fixture_2022, seed=0)
+    task = get_task("hotelid")
+    options = RunOptions(data_dir=str(fixture_2022.parent), progress=False, device="cpu", save=False)
     common = dict(model="resnet-small", width=0.25, image_size=16, epochs=1, batch_size=16,
-                  optimizer="adam", lr=1e-3, device="cpu", seed=0, train_occlusion="masks",
-                  occlusion_p=1.0)
-    cnn = create_method("hotelid-cnn", test_occlusion="masks", **common).fit(train)
-    scores = cnn.predict_scores(test)
-    assert scores.shape == (len(test), test.n_classes) and np.isfinite(scores).all()
-    assert cnn.info_["train_occlusion"]["source"] == "train_masks (3 files)"
-    assert cnn.info_["test_set"]["fill"] == "red"
-    clean = create_method("hotelid-cnn", test_occlusion="none", **common).fit(train)
-    assert "fit_reused" in clean.info_ and "test_set" not in clean.info_
-    assert not np.allclose(clean.predict_scores(test), scores)  # clean vs occluded test images
-    ret = create_method("hotel-retrieval", test_occlusion="none", **common).fit(train)
-    s = ret.predict_scores(test)
-    assert s.shape == (len(test), test.n_classes) and s.max() <= 1 + 1e-6
-    assert ret.info_["retrieval"]["gallery"] == len(train)
+                  optimizer="adam", lr=1e-3)
+    specs = [RunSpec(m, common, conditions={"train_occlusion": "masks", "test_occlusion": te})
+             for m in ("cnn", "cnn-retrieval") for te in ("none", "masks")]
+    plan = plan_runs(task, specs, options, log=lambda m: None)
+    assert len(plan.groups) == 2
+    cnn_clean, cnn_occ = run_group(plan, plan.groups[0], plan.groups[0].runs, options)
+    assert "train_used" not in cnn_clean.data  # pasted per batch, not a copy
+    assert cnn_clean.data["train_augment"]["how"].startswith("per batch")
+    assert cnn_occ.data["test_used"]["occlusion"]["fill"] == "red" and "test_used" not in cnn_clean.data
+    assert cnn_clean.y_pred() != cnn_occ.y_pred() or cnn_clean.metrics != cnn_occ.metrics
+    ret_clean, _ = run_group(plan, plan.groups[1], plan.groups[1].runs, options)
+    assert ret_clean.info["retrieval"]["gallery"] == ret_clean.data["train"]["n"]

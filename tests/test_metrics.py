@@ -114,12 +114,14 @@ def test_qwk_matches_sklearn_and_constant_predictor(random_run):
 
 
 def test_referable_dr():
+    from cvbench.tasks.retinopathy.protocol import referable_dr
+
     y = np.array([0, 1, 2, 3, 4, 0, 2])
     p = np.array([0, 2, 2, 1, 4, 0, 0])
-    r = M.referable_dr(y, p)
+    r = referable_dr(y, p)
     # positives (>=2): idx 2,3,4,6 -> predicted >=2 at 2,4 -> sens 2/4; negatives 0,1,5 -> 2/3
     assert r == {"sensitivity": pytest.approx(0.5), "specificity": pytest.approx(2 / 3)}
-    assert M.referable_dr([0, 0], [0, 3]) == {"sensitivity": 0.0, "specificity": 0.5}
+    assert referable_dr([0, 0], [0, 3]) == {"sensitivity": 0.0, "specificity": 0.5}
 
 
 def test_group_accuracy_and_disparity():
@@ -184,11 +186,13 @@ def test_unpaired_bootstrap_diff():
 
 
 def test_evaluate_record_is_json_ready(random_run):
+    import cvbench.tasks.retinopathy.protocol  # noqa: F401  (registers referable, mean_ovr_accuracy)
+
     y, s, p = random_run
     classes = [f"c{i}" for i in range(6)]
     g = {"race": np.array(["x", "y"] * 200), "gender": np.array(["m"] * 200 + ["f"] * 200)}
-    out = M.evaluate(y, s, classes, extras=("topk", "qwk", "map5", "referable", "groups:race",
-                                           "groups:race*gender"), groups=g, seed=0)
+    out = M.evaluate(y, s, classes, metrics=("topk", "qwk", "map5", "referable", "mean_ovr_accuracy",
+                                            "groups:race", "groups:race*gender"), groups=g, seed=0)
     text = json.dumps(out, allow_nan=False)  # plain floats/ints/lists only
     assert json.loads(text) == out
     assert out["accuracy"] == pytest.approx(skm.accuracy_score(y, p))
@@ -206,25 +210,28 @@ def test_evaluate_record_is_json_ready(random_run):
     assert out["groups"]["race"]["per_group"]["x"]["n"] == 200
     assert out["groups"]["race"]["summary"]["gap"] >= 0
     assert set(out["referable"]) == {"sensitivity", "specificity"}
+    for name in ("qwk", "map5"):  # primary metrics carry their own bootstrap interval
+        lo, hi = out[f"{name}_ci"]
+        assert lo <= out[name] <= hi and hi - lo > 0
 
 
 def test_evaluate_rejects_bad_input(random_run):
     y, s, _ = random_run
     classes = [f"c{i}" for i in range(6)]
-    with pytest.raises(ValueError, match="valid: topk"):
-        M.evaluate(y, s, classes, extras=("top5",))
+    with pytest.raises(ValueError, match="unknown metric 'top5'"):
+        M.evaluate(y, s, classes, metrics=("top5",))
     with pytest.raises(ValueError, match="groups:race.*available"):
-        M.evaluate(y, s, classes, extras=("groups:race",))
+        M.evaluate(y, s, classes, metrics=("groups:race",))
     with pytest.raises(ValueError, match="shape"):
         M.evaluate(y, s[:, :5], classes)
 
 
 def test_evaluate_empty_and_single_class():
-    out = M.evaluate([], np.zeros((0, 3)), ["a", "b", "c"], extras=("topk", "qwk", "map5"))
+    out = M.evaluate([], np.zeros((0, 3)), ["a", "b", "c"], metrics=("topk", "qwk", "map5"))
     json.dumps(out, allow_nan=False)
     assert out["accuracy"] == 0.0 and out["accuracy_ci"] == [0.0, 0.0] and out["qwk"] == 0.0
     assert out["confusion"] == [[0] * 3] * 3
-    one = M.evaluate([0, 0, 0], np.array([[1.0], [1.0], [1.0]]), ["only"], extras=("qwk",))
+    one = M.evaluate([0, 0, 0], np.array([[1.0], [1.0], [1.0]]), ["only"], metrics=("qwk",))
     json.dumps(one, allow_nan=False)
     assert one["accuracy"] == 1.0 and one["qwk"] == 0.0
     assert one["per_class"]["only"]["specificity"] == 0.0  # no negatives: 0/0 -> 0

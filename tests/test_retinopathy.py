@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
-from cvbench.data.retinopathy import GRADES, detect_layout, load_retinopathy, patient_split
 from cvbench.errors import BadImageError, DataError
 from cvbench.metrics import evaluate, quadratic_weighted_kappa
 from cvbench.split import carve_validation
 from cvbench.tasks import get_task
+from cvbench.tasks.retinopathy.reader import GRADES, detect_layout, patient_split
+from cvbench.tasks.retinopathy.reader import read as load_retinopathy
 from tests.conftest import task_data
 
 
@@ -61,7 +62,7 @@ def test_qwk_matches_sklearn():
     ref = cohen_kappa_score(y, pred, weights="quadratic")
     assert quadratic_weighted_kappa(y, pred, 5) == pytest.approx(ref)
     scores = np.eye(5)[pred]
-    m = evaluate(y, scores, GRADES, extras=("qwk", "referable"))
+    m = evaluate(y, scores, GRADES, metrics=("qwk", "referable"))
     assert m["qwk"] == pytest.approx(ref)
     assert 0.0 < m["qwk"] < 1.0
     pos = y >= 2
@@ -164,7 +165,7 @@ def test_undecodable_image(tmp_path):
     train, test = load_retinopathy(root, skip_bad=True)
     side = train if "101" in set(train.groups["patient"]) else test
     assert side.meta["bad_images"] == 1 and side.meta["skip_bad"] is True
-    from cvbench.data.fundus import prepare_fundus
+    from cvbench.tasks.retinopathy.fundus import prepare_fundus
 
     prepared = prepare_fundus(side, 16, "crop", skip_bad=True)
     assert prepared.meta["bad_images_zeroed"] == 1
@@ -182,19 +183,21 @@ def test_patient_split_never_straddles():
 def test_task_registration():
     task = get_task("retinopathy")
     assert task.primary == "qwk" and task.val_group_key == "patient"
-    assert set(task.metrics) == {"qwk", "referable"}
-    assert callable(task.extras["page_sections"])
+    assert set(task.metrics) == {"qwk", "referable", "mean_ovr_accuracy"}
+    assert "grading" in task.report_sections() and "grading" in task.sections
 
 
 # ---------------------------------------------------------------- trivial baseline and page
 
 
-def _record(method: str, label: str, y: np.ndarray, scores: np.ndarray, info: dict | None = None) -> dict:
-    m = evaluate(y, scores, GRADES, extras=("qwk", "referable"))
+def _record(method: str, label: str, y: np.ndarray, scores: np.ndarray, info: dict | None = None):
+    from cvbench.results import RunRecord
+
+    m = evaluate(y, scores, GRADES, metrics=("qwk", "referable", "mean_ovr_accuracy"))
     desc = {"n": len(y), "exposure": {"checked": len(y), "under": 1, "over": 0}}
-    return {"key": label, "label": label, "method": method, "family": "x", "metrics": m,
-            "info": info or {}, "data": {"train": desc, "test": desc},
-            "predictions": {"y_true": y.tolist(), "y_pred": scores.argmax(1).tolist()}}
+    return RunRecord(key=label, task="retinopathy", label=label, method=method, family="x", metrics=m,
+                     params={}, seed=0, timings={}, info=info or {}, data={"train": desc, "test": desc},
+                     predictions={"y_true": y.tolist(), "y_pred": scores.argmax(1).tolist()})
 
 
 def test_majority_class_is_qwk_zero_and_page_sections(tmp_path):
@@ -206,12 +209,17 @@ def test_majority_class_is_qwk_zero_and_page_sections(tmp_path):
     method = MajorityClass().fit(split)
     scores = method.predict_scores(split)
     assert scores.shape == (10, 5) and set(method.predict(split)) == {0}
-    assert evaluate(y, scores, GRADES, extras=("qwk",))["qwk"] == 0.0
+    assert evaluate(y, scores, GRADES, metrics=("qwk",))["qwk"] == 0.0
 
     good = np.eye(5)[np.clip(y + (np.arange(10) % 3 == 0), 0, 4)]
     info = {"ordinal": {"thresholds": [0.4, 1.6, 2.5, 3.3], "val_qwk_default": 0.5,
                         "val_qwk_fitted": 0.6, "val_n": 50}}
-    page = get_task("retinopathy").extras["page_sections"]
+    from cvbench.report import Page
+    from cvbench.tasks.retinopathy.report import section_grading
+
+    def page(records, folder):
+        return section_grading(Page(get_task("retinopathy"), records, [], folder))
+
     text = page([_record("cnn", "CNN", y, good, info)], tmp_path)
     assert "all-zeros predictor" in text and "not our runs" in text
     assert "0.849" in text and "one-vs-rest accuracy" in text
@@ -227,7 +235,7 @@ def test_majority_class_is_qwk_zero_and_page_sections(tmp_path):
 @pytest.mark.realdata
 def test_real_eyepacs_patient_split(real_data):
     """The reader's split path on the real subset (without the slower exposure screen)."""
-    from cvbench.data.retinopathy import _image_size_note, eyepacs_patients, read_label_csv
+    from cvbench.tasks.retinopathy.reader import _image_size_note, eyepacs_patients, read_label_csv
 
     root = task_data(real_data, "retinopathy")
     csv_path = root / "trainLabels.csv"

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from cvbench.baselines.tiny import TinyKNN
-from cvbench.data.scene15 import read_scene15
 from cvbench.errors import DataError
 from cvbench.split import per_class_limit
+from cvbench.tasks.scene15.reader import read as read_scene15
 from tests.conftest import task_data
 
 
@@ -137,13 +137,22 @@ def test_tiny_knn_end_to_end_on_real_subset(real_data):
 
 
 def _record(method, label, acc, started, **params):
-    return {"method": method, "label": label, "params": params, "started": started,
-            "metrics": {"accuracy": acc}}
+    from cvbench.results import RunRecord
+
+    return RunRecord(key=f"{label}{started}{params}", task="scene15", method=method, label=label,
+                     params=params, started=started, seed=0, data={"test": {"n": 1}},
+                     metrics={"accuracy": acc}, timings={})
+
+
+def page_sections(records, folder):
+    from cvbench.report import Page
+    from cvbench.tasks import get_task
+    from cvbench.tasks.scene15.report import section_study
+
+    return section_study(Page(get_task("scene15"), records, [], folder))
 
 
 def test_page_section_sets_runs_beside_the_study(tmp_path):
-    from cvbench.tasks.scene15 import page_sections
-
     tiny = dict(size=16, crop=False, zero_mean=True, norm="l1", metric="l1", weighted=False)
     bow = dict(classifier="knn", vocab_size=400, pyramid_levels=0, encoding="hard")
     records = [

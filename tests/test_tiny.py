@@ -144,17 +144,21 @@ def test_methods_classify_a_toy_set(cls, params, seed):
     assert (m.predict(test) == test.labels).mean() == 1.0
     info = m.info_
     assert info["feature_dim"] == 64
-    assert {"extract_s", "classify_s", "extract_train_s"} <= set(info["timings"])
+    assert {"extract_s", "classify_s", "extract_test_s"} <= set(scores.info["timings"])
+    assert "extract_train_s" in info["timings"]
     assert info["cache_hits"]["tiny_train"] is False
     json.dumps(info)  # JSON-able for the record
+    json.dumps(scores.info)
     again = cls(size=8, **params).fit(train)
     assert again.info_["cache_hits"]["tiny_train"] is True
     np.testing.assert_array_equal(again.predict_scores(test), scores)
 
 
 def test_methods_are_registered():
-    assert tiny.TinyKNN.registered_name == "tiny-knn"
-    assert tiny.TinySVM.registered_name == "tiny-svm"
+    from cvbench.methods import create_method, get_method_spec
+
+    assert get_method_spec("tiny-knn").cls is tiny.TinyKNN and get_method_spec("tiny-svm").cls is tiny.TinySVM
+    assert create_method("tiny-knn").registered_name == "tiny-knn"
     assert tiny.TinyKNN().get_params()["norm"] == "l1"
 
 
@@ -164,15 +168,13 @@ def test_k_sweep_reuses_features_and_neighbours():
     NEIGHBOUR_CACHE.clear()
     train, test = separable_arrays(seed=5), separable_arrays(n_per_class=4, seed=6)
     first = tiny.TinyKNN(size=8, k=1).fit(train)
-    first.predict_scores(test)
-    assert first.info_["cache_hits"]["knn_neighbours"] is False
+    assert first.predict_scores(test).info["cache_hits"]["knn_neighbours"] is False
     for k in (3, 5, 7):
         m = tiny.TinyKNN(size=8, k=k).fit(train)
-        m.predict_scores(test)
-        assert m.info_["cache_hits"] == {"tiny_train": True, "tiny_test": True, "knn_neighbours": True}
+        assert m.info_["cache_hits"] == {"tiny_train": True}
+        assert m.predict_scores(test).info["cache_hits"] == {"tiny_test": True, "knn_neighbours": True}
     other = tiny.TinyKNN(size=8, k=1, norm="l2").fit(train)  # other features: new neighbours
-    other.predict_scores(test)
-    assert other.info_["cache_hits"]["knn_neighbours"] is False
+    assert other.predict_scores(test).info["cache_hits"]["knn_neighbours"] is False
 
 
 @pytest.mark.parametrize("backend,package", [("ray", "ray"), ("dask", "distributed")])

@@ -1,63 +1,112 @@
-"""Task registry: each task names its reader, classes, extra metrics, protocol and suite.
+"""Tasks: one folder each under cvbench/tasks/<task>/, discovered automatically.
 
-A task module calls `register_task(Task(...))`. The reader gets the task's folder under the
-data root and returns (train, test) Splits in the task's standard protocol.
+    task.toml     name, title, source, data folder and layout, classes (a list, or
+                  "from-folders"), metrics, primary metric, protocol, extra labels, report
+                  sections, fetch help, fixture note
+    reader.py     read(folder, seed=0, skip_bad=False) -> (train, test) Splits, and
+                  generate_fixture(folder, **kwargs) where the data cannot be downloaded
+    protocol.py   CONDITIONS (cvbench.conditions.Condition) and task-only metrics, if any
+    report.py     SECTIONS {name: fn(page) -> markdown} for page sections of its own
+
+A folder with a task.toml is a task; nothing else registers it. The suite of runs lives in
+suites/<task>.toml at the top level.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from ..errors import DataError, UserError
 from ..paths import data_root, suites_dir
 from ..split import Split
 
+TASKS_DIR = Path(__file__).resolve().parent
+ORDER = ("demo", "scene15", "cifar10", "fairface", "retinopathy", "hotelid")  # page order
+_KEYS = {"name", "title", "source", "folder", "layout", "classes", "metrics", "primary", "notes",
+         "protocol", "extra_labels", "report", "fetch", "fixture"}
+
+
+@functools.cache
+def config(name: str) -> dict[str, Any]:
+    """The parsed task.toml of task `name` (no module is imported)."""
+    path = TASKS_DIR / name / "task.toml"
+    if not path.is_file():
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(_KEYS))}")
+    if data.get("name") != name:
+        raise ValueError(f"{path}: name = {data.get('name')!r} but the folder is {name!r}")
+    return data
+
+
+def classes_of(name: str) -> tuple[str, ...]:
+    """The static class list of a task (readers use it, so it is written once)."""
+    classes = config(name).get("classes")
+    if not isinstance(classes, list):
+        raise ValueError(f"task {name!r} declares classes {classes!r}, not a list")
+    return tuple(str(c) for c in classes)
+
 
 @dataclass(frozen=True)
 class Task:
-    """A benchmark task.
-
-    name:          registry name ("scene15")
-    title:         one line for the leaderboard
-    source:        the study it re-runs (see SEEDS.md)
-    folder:        sub-folder of the data root holding the official release layout
-    layout:        the expected layout, shown in errors and `cvbench data where`
-    load:          reader(folder: Path, seed: int, skip_bad: bool) -> (train, test)
-    metrics:       extra metrics beyond accuracy & co: "qwk", "map5", "topk", "groups:<key>",
-                   "referable" (retinopathy), "per_class" is always on
-    primary:       the metric the leaderboard sorts by
-    val_group_key: group that must not straddle train/validation (e.g. "patient")
-    fetch_help:    how to obtain the data (URL with checksum, or the steps for Kaggle)
-    fetch_urls:    [(url, sha256, filename)] downloadable archives, if any
-    quick_limit:   items per class kept in --quick runs (train, test)
-    """
+    """A benchmark task, as its task.toml declares it (see the module docstring)."""
 
     name: str
     title: str
     source: str
     folder: str
     layout: str
-    load: Callable[..., tuple[Split, Split]]
-    metrics: tuple[str, ...] = ()
-    primary: str = "accuracy"
+    classes: tuple[str, ...] | str
+    metrics: tuple[str, ...]
+    primary: str
+    notes: str = ""
     val_group_key: str | None = None
+    quick_limit: tuple[int, int] = (20, 10)
+    extra_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sections: tuple[str, ...] = ()
+    comparison: dict[str, Any] = field(default_factory=dict)
     fetch_help: str = ""
     fetch_urls: tuple[tuple[str, str, str], ...] = ()
-    quick_limit: tuple[int, int] = (20, 10)
-    notes: str = ""
-    extras: dict = field(default_factory=dict)
+    fixture_note: str = ""
+    protocol_text: dict[str, str] = field(default_factory=dict)
 
+    # ------------------------------------------------------------------ modules
+    def module(self, part: str) -> ModuleType | None:
+        """reader / protocol / report module of this task (None when the file is absent)."""
+        if not (TASKS_DIR / self.name / f"{part}.py").is_file():
+            return None
+        return importlib.import_module(f"{__name__}.{self.name}.{part}")
+
+    @property
+    def conditions(self) -> dict[str, Any]:
+        mod = self.module("protocol")
+        return {c.name: c for c in getattr(mod, "CONDITIONS", ())} if mod else {}
+
+    def report_sections(self) -> dict[str, Any]:
+        mod = self.module("report")
+        return dict(getattr(mod, "SECTIONS", {})) if mod else {}
+
+    # ------------------------------------------------------------------ data
     def data_path(self, data_dir=None) -> Path:
         return data_root(data_dir) / self.folder if self.folder else data_root(data_dir)
 
     def suite_path(self) -> Path:
         return suites_dir() / f"{self.name}.toml"
 
+    def has_data(self, data_dir=None) -> bool:
+        return not self.folder or self.data_path(data_dir).is_dir()
+
     def load_splits(self, data_dir=None, seed: int = 0, skip_bad: bool = False) -> tuple[Split, Split]:
-        """Read (train, test), turning a missing folder into one clear sentence."""
+        """Read (train, test), turning a missing folder into one clear sentence, and attach
+        the task's extra labels and validation grouping to both splits."""
         path = self.data_path(data_dir)
         if self.folder and not path.is_dir():
             root = data_root(data_dir)
@@ -66,54 +115,79 @@ class Task:
                 f"no data for task {self.name!r}: expected folder {path}{where} with layout "
                 f"{self.layout}; set --data-dir or $CVBENCH_DATA, or run `cvbench data fetch {self.name}`"
             )
-        return self.load(path, seed=seed, skip_bad=skip_bad)
+        train, test = self.module("reader").read(path, seed=seed, skip_bad=skip_bad)
+        out = []
+        for s in (train, test):
+            if isinstance(self.classes, tuple) and s.classes != self.classes:
+                raise DataError(f"{s.name}: the reader returned classes {list(s.classes)[:5]}..., "
+                                f"but task.toml declares {list(self.classes)[:5]}...")
+            meta = dict(s.meta)
+            if self.val_group_key:
+                meta["val_group_key"] = self.val_group_key
+            extra = {k: v for k, v in self.extra_labels.items() if k in s.groups}
+            out.append(Split(items=s.items, labels=s.labels, classes=s.classes, name=s.name,
+                             groups=s.groups, root=s.root, meta=meta, fingerprint=s.fingerprint,
+                             aux_classes={**s.aux_classes, **extra}))
+        return out[0], out[1]
 
     def make_fixture(self, dest, **kwargs) -> str:
-        """`cvbench data fixture TASK DEST`: write generated stand-in data (extras
-        "generate_fixture"(folder, **kwargs)) to DEST/<folder>, or DEST itself when it already
-        has the task's folder name; returns the sentence saying what was written and how to
-        run it. Readers label such data "GENERATED FIXTURE" in its variant."""
-        generate = self.extras.get("generate_fixture")
+        """`cvbench data fixture TASK DEST`: write generated stand-in data to DEST/<folder>
+        (or DEST itself when it already has the task's folder name); returns the sentence
+        saying what was written and how to run it."""
+        generate = getattr(self.module("reader"), "generate_fixture", None)
         if generate is None:
             raise UserError(f"task {self.name!r} has no generated fixture; only tasks whose data "
                             "is not downloadable here have one")
         dest = Path(dest)
         folder = dest if dest.name == self.folder else dest / self.folder
         generate(folder, **kwargs)
-        note = self.extras.get("fixture_note", "synthetic images")
-        return (f"wrote a GENERATED FIXTURE ({note}) in the {self.name} layout to {folder}; "
-                f"run it with `cvbench suite {self.name} --data-dir {folder.parent}`")
-
-    def has_data(self, data_dir=None) -> bool:
-        return not self.folder or self.data_path(data_dir).is_dir()
+        return (f"wrote a GENERATED FIXTURE ({self.fixture_note or 'synthetic images'}) in the "
+                f"{self.name} layout to {folder}; run it with `cvbench suite {self.name} "
+                f"--data-dir {folder.parent}`")
 
 
-_TASKS: dict[str, Task] = {}
-TASK_MODULES = ("demo", "scene15", "cifar10", "fairface", "retinopathy", "hotelid")
+def _task_from_config(name: str) -> Task:
+    c = config(name)
+    proto = dict(c.get("protocol", {}))
+    fetch = c.get("fetch", {})
+    classes = c.get("classes", "from-folders")
+    if classes != "from-folders" and not isinstance(classes, list):
+        raise ValueError(f"task {name!r}: classes must be a list or \"from-folders\"")
+    quick = proto.pop("quick_limit", [20, 10])
+    return Task(
+        name=name, title=c["title"], source=c["source"], folder=c.get("folder", ""),
+        layout=c["layout"],
+        classes=tuple(str(x) for x in classes) if isinstance(classes, list) else classes,
+        metrics=tuple(c.get("metrics", ())), primary=c.get("primary", "accuracy"),
+        notes=c.get("notes", ""), val_group_key=proto.pop("val_group_key", None),
+        quick_limit=(int(quick[0]), int(quick[1])),
+        extra_labels={k: tuple(str(x) for x in v) for k, v in c.get("extra_labels", {}).items()},
+        sections=tuple(c.get("report", {}).get("sections", ())),
+        comparison=dict(c.get("report", {}).get("comparison", {})),
+        fetch_help=fetch.get("help", ""),
+        fetch_urls=tuple(tuple(u) for u in fetch.get("urls", ())),
+        fixture_note=c.get("fixture", {}).get("note", ""),
+        protocol_text={k: str(v) for k, v in proto.items()},
+    )
 
 
-def register_task(task: Task) -> Task:
-    _TASKS[task.name] = task
-    return task
+def task_names() -> list[str]:
+    """Every folder under cvbench/tasks that holds a task.toml, in page order."""
+    names = [p.parent.name for p in TASKS_DIR.glob("*/task.toml")]
+    rank = {n: i for i, n in enumerate(ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(ORDER)), n))
 
 
-def _load_all() -> None:
-    for mod in TASK_MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as exc:  # a task module not written yet
-            if exc.name != f"{__name__}.{mod}":
-                raise
+@functools.cache
+def _task(name: str) -> Task:
+    return _task_from_config(name)
 
 
 def list_tasks() -> list[Task]:
-    _load_all()
-    order = {n: i for i, n in enumerate(TASK_MODULES)}
-    return sorted(_TASKS.values(), key=lambda t: (order.get(t.name, 99), t.name))
+    return [_task(n) for n in task_names()]
 
 
 def get_task(name: str) -> Task:
-    _load_all()
-    if name not in _TASKS:
-        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(t.name for t in list_tasks())}")
-    return _TASKS[name]
+    if not isinstance(name, str) or name not in task_names():
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    return _task(name)

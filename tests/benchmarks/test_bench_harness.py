@@ -10,5 +10,5 @@ def test_bench_evaluate_1500x15(benchmark):
     y = np.repeat(np.arange(15), 100)
     scores = rng.random((1500, 15)) + np.eye(15)[y] * 0.5
     classes = tuple(f"c{i}" for i in range(15))
-    m = benchmark(evaluate, y, scores, classes, extras=("topk",), seed=0)
+    m = benchmark(evaluate, y, scores, classes, metrics=("topk",), seed=0)
     assert 0.5 < m["accuracy"] <= 1.0

@@ -97,7 +97,7 @@ def test_full_pipeline_scene15(benchmark, real_data, tmp_path, monkeypatch, step
     import resource
 
     from cvbench.baselines.bow import BowSift
-    from cvbench.data.scene15 import read_scene15
+    from cvbench.tasks.scene15.reader import read as read_scene15
     from tests.conftest import task_data
 
     train, test = read_scene15(task_data(real_data, "scene15"))

@@ -66,7 +66,7 @@ def test_bench_cached_k_sweep_1500x1500(benchmark):
 @pytest.mark.realdata
 def test_bench_scene15_full_sweep_cold(benchmark, real_data, tmp_path, monkeypatch):
     """The whole study grid on scene15 from image files (cold caches each round)."""
-    from cvbench.data.scene15 import read_scene15
+    from cvbench.tasks.scene15.reader import read as read_scene15
 
     train, test = read_scene15(task_data(real_data, "scene15"))
     rounds = itertools.count()
@@ -90,7 +90,7 @@ def test_bench_scene15_full_sweep_cold(benchmark, real_data, tmp_path, monkeypat
 @pytest.mark.realdata
 def test_bench_tiny_extract_scene15_train(benchmark, real_data):
     """Decode + shrink the 1500 scene15 training images (no cache), 2 jobs."""
-    from cvbench.data.scene15 import read_scene15
+    from cvbench.tasks.scene15.reader import read as read_scene15
 
     train, _ = read_scene15(task_data(real_data, "scene15"))
     out = benchmark.pedantic(tiny_images, args=(train, 16, False),

@@ -22,16 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadImageError, DataError
-from ..images import is_image_file
-from ..split import Split
+from cvbench.errors import BadImageError, DataError
+from cvbench.images import is_image_file
+from cvbench.split import Split
+from cvbench.tasks import classes_of, config
+
 from .fundus import exposure_counts, exposure_screen
 
-GRADES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
+GRADES = classes_of("retinopathy")
 TEST_FRACTION = 0.2
 EYEPACS_LAYOUT = "trainLabels.csv (image,level) + train/<patient>_<left|right>.jpeg"
 APTOS_LAYOUT = "train.csv (id_code,diagnosis) + train_images/<id_code>.png"
-LAYOUT = f"Kaggle EyePACS 2015: {EYEPACS_LAYOUT}; or APTOS 2019: {APTOS_LAYOUT}"
+LAYOUT = config("retinopathy")["layout"]
 FIXTURE_MARKER = "GENERATED_FIXTURE.txt"
 FIXTURE_LABEL = "GENERATED FIXTURE (synthetic fundus images, not real data)"
 _EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")
@@ -149,7 +151,7 @@ def _image_size_note(paths: list[Path], k: int = 8) -> str:
     return ""
 
 
-def load_retinopathy(folder: Path, seed: int = 0, skip_bad: bool = False) -> tuple[Split, Split]:
+def read(folder: Path, seed: int = 0, skip_bad: bool = False) -> tuple[Split, Split]:
     """(train, test) Splits of a retinopathy folder in EyePACS or APTOS layout (see module doc).
 
     groups['patient'] holds the patient id (EyePACS) or the image id (APTOS); groups['exposure']

@@ -1,19 +1,17 @@
-"""Task `retinopathy`: diabetic-retinopathy grading (0-4) on Kaggle EyePACS 2015 / APTOS 2019.
-
-Primary metric is quadratic weighted kappa (the field's and Kaggle's metric); the page adds
-the source study's per-grade table and its averaged one-vs-rest "accuracy" beside plain
-5-way accuracy, referable-DR (grade >= 2) sensitivity/specificity, the trivial all-zeros
-predictor and the literature the study cites.
+"""retinopathy page sections: QWK (primary) beside the source study's per-grade table and
+its averaged one-vs-rest "accuracy", plain 5-way accuracy, referable-DR (grade >= 2)
+sensitivity/specificity, the trivial all-zeros predictor and the literature the study cites.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ..data.retinopathy import GRADES, LAYOUT, generate_fixture, load_retinopathy
-from . import Task, register_task
+from cvbench.report import Page, fmt, md_table
+from cvbench.results import RunRecord
+
+from .protocol import all_zeros_metrics
+from .reader import GRADES
 
 # Cited by the source study (SEEDS.md); other data, splits and resolutions: not our runs.
 LITERATURE = (
@@ -29,34 +27,10 @@ STUDY_CLAIMS = (
 
 
 def _f(x, digits: int = 3) -> str:
-    from ..leaderboard import fmt
-
     return fmt(None if x is None else float(x), digits)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    from ..leaderboard import md_table
-
-    return md_table(header, rows)
-
-
-def _best_per_label(records: list[dict]) -> list[dict]:
-    """The best run (by QWK, the task's primary metric) of each suite label, best first."""
-    from ..leaderboard import best_by
-    from . import get_task
-
-    task = get_task("retinopathy")
-    return list(best_by(records, task, "label").values())
-
-
-def _all_zeros_metrics(y_true: list[int]) -> dict:
-    """Metrics of the trivial predictor that always says grade 0, from a record's test labels."""
-    from ..metrics import evaluate
-
-    y = np.asarray(y_true, dtype=np.int64)
-    scores = np.zeros((len(y), len(GRADES)))
-    scores[:, 0] = 1.0
-    return evaluate(y, scores, GRADES, extras=("qwk", "referable"))
+_table = md_table
 
 
 def _grading_row(label: str, family: str, m: dict, note: str = "") -> list[str]:
@@ -89,39 +63,41 @@ def _confusion_table(m: dict) -> str:
     return _table(["true \\ predicted", *(str(g) for g in range(len(GRADES)))], rows)
 
 
-def page_sections(records: list[dict], figures_dir: Path) -> str:
-    """Retinopathy sections of leaderboard/retinopathy.md, rendered from run records only."""
+def section_grading(page: Page) -> str:
+    """Grading metrics, the study's per-grade table, confusion tables, ordinal thresholds,
+    exposure screening and the literature, from run records only."""
+    records: list[RunRecord] = page.records
     if not records:
         return ""
-    best = _best_per_label(records)
+    best = list(page.best_by_label().values())
     out = ["## Grading metrics (best run of each method, by QWK)\n",
            "QWK = quadratic weighted kappa (primary). *Study's accuracy* = the mean of the five "
            "one-vs-rest accuracies, which the source study reports as \"accuracy\"; it is much "
            "higher than plain 5-way accuracy because each one-vs-rest problem is dominated by "
            "true negatives. Referable DR = grade >= 2.\n"]
-    rows = [_grading_row(r["label"], r.get("family", ""), r["metrics"]) for r in best]
-    if not any(r["method"] == "majority-class" for r in records):
-        y_true = best[0]["predictions"]["y_true"]
-        rows.append(_grading_row("all-zeros predictor", "reference", _all_zeros_metrics(y_true),
+    rows = [_grading_row(r.label, r.family, r.metrics) for r in best]
+    if not any(r.method == "majority-class" for r in records):
+        y_true = best[0].y_true()
+        rows.append(_grading_row("all-zeros predictor", "reference", all_zeros_metrics(y_true),
                                  " (computed from the test labels, not a run)"))
     out.append(_table(["method", "family", "QWK", "5-way accuracy", "study's accuracy (mean OvR)",
                        "balanced acc.", "referable sens.", "referable spec."], rows))
 
     top = best[0]
-    out.append(f"## Per-grade table of the best run ({top['label']}), in the study's format\n")
-    out.append(_per_grade_table(top["metrics"]))
+    out.append(f"## Per-grade table of the best run ({top.label}), in the study's format\n")
+    out.append(_per_grade_table(top.metrics))
     out.append("## Confusion matrices as tables (rows = true grade, columns = predicted)\n")
     for r in best:
-        out.append(f"**{r['label']}** (QWK {_f(r['metrics'].get('qwk'))})\n")
-        out.append(_confusion_table(r["metrics"]))
+        out.append(f"**{r.label}** (QWK {_f(r.metrics.get('qwk'))})\n")
+        out.append(_confusion_table(r.metrics))
 
-    ordinal = [r for r in best if isinstance(r.get("info", {}).get("ordinal"), dict)]
+    ordinal = [r for r in best if isinstance(r.info.get("ordinal"), dict)]
     if ordinal:
         out.append("## Ordinal models: QWK thresholds (fitted on training-side data, never the test split)\n")
         orows = []
         for r in ordinal:
-            o = r["info"]["ordinal"]
-            orows.append([r["label"], ", ".join(_f(t, 2) for t in o.get("thresholds", [])),
+            o = r.info["ordinal"]
+            orows.append([r.label, ", ".join(_f(t, 2) for t in o.get("thresholds", [])),
                           _f(o.get("val_qwk_default")), _f(o.get("val_qwk_fitted")),
                           str(o.get("val_n", "–")), str(o.get("note") or "patient-level validation split")])
         out.append("Fitted-threshold QWK is measured on the data the thresholds were fitted on "
@@ -129,7 +105,7 @@ def page_sections(records: list[dict], figures_dir: Path) -> str:
         out.append(_table(["method", "thresholds", "val QWK at 0.5/1.5/2.5/3.5",
                            "val QWK at fitted", "val n", "fitted on"], orows))
 
-    exposure = top["data"]["train"].get("exposure"), top["data"]["test"].get("exposure")
+    exposure = top.data["train"].get("exposure"), top.data["test"].get("exposure")
     if all(isinstance(e, dict) for e in exposure):
         tr, te = exposure
         out.append("## Exposure screening (the study's rule)\n")
@@ -148,29 +124,4 @@ def page_sections(records: list[dict], figures_dir: Path) -> str:
     return "\n".join(out)
 
 
-register_task(Task(
-    name="retinopathy",
-    title="Diabetic-retinopathy grading (0-4), quadratic weighted kappa",
-    source="DenseNet-201 transfer learning on Kaggle EyePACS 2015 (SEEDS.md, retinopathy)",
-    folder="retinopathy",
-    layout=LAYOUT,
-    load=load_retinopathy,
-    metrics=("qwk", "referable"),
-    primary="qwk",
-    val_group_key="patient",
-    fetch_help=(
-        "Kaggle only (accept the competition rules first): `kaggle competitions download -c "
-        "diabetic-retinopathy-detection`, unzip trainLabels.csv and the train.zip.* parts into "
-        "<data root>/retinopathy/ (train/<patient>_<left|right>.jpeg); or APTOS 2019: `kaggle "
-        "competitions download -c aptos2019-blindness-detection` into <data root>/retinopathy/ "
-        "(train.csv + train_images/)."
-    ),
-    quick_limit=(30, 10),
-    notes=(
-        "When only a labelled train set exists (EyePACS trainLabels.csv, APTOS train.csv), the "
-        "reader splits it 80/20 by patient, stratified by grade (seed 0); validation splits "
-        "for model selection are carved from train by patient too."
-    ),
-    extras={"page_sections": page_sections, "generate_fixture": generate_fixture,
-            "fixture_note": 'synthetic fundus discs, NOT EyePACS photographs'},
-))
+SECTIONS = {"grading": section_grading}

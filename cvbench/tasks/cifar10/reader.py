@@ -19,15 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..images import load_image
-from ..split import Split
+from cvbench.errors import DataError
+from cvbench.images import load_image
+from cvbench.split import Split
+from cvbench.tasks import classes_of
 
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASSES = classes_of("cifar10")
 OFFICIAL_ROWS = 10000  # rows per official batch
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 
@@ -125,7 +126,7 @@ def _read_folder_split(folder: Path, side: str, classes: tuple[str, ...] | None,
         found = sorted(p.name for p in base.iterdir() if p.is_dir())
         classes = CLASSES if set(found) == set(CLASSES) else tuple(found)
     images, labels, bad = [], [], 0
-    from ..errors import BadImageError
+    from cvbench.errors import BadImageError
 
     for c, name in enumerate(classes):
         cdir = base / name
@@ -165,7 +166,7 @@ def load_image_folders(folder: Path, skip_bad: bool = False) -> tuple[Split, Spl
     return train, test
 
 
-def load_cifar10(folder: Path, seed: int = 0, skip_bad: bool = False) -> tuple[Split, Split]:
+def read(folder: Path, seed: int = 0, skip_bad: bool = False) -> tuple[Split, Split]:
     """Task reader: the pickle layout when present, else the image-folder layout."""
     folder = Path(folder)
     if (folder / BATCH_DIR).is_dir() or (folder / TRAIN_BATCHES[0]).is_file():

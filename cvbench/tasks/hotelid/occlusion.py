@@ -28,10 +28,6 @@ left/right of it, the two mirrors blended 50/50). Only occluded pixels change.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import zlib
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +36,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import BadImageError, UserError
+from cvbench.errors import BadImageError, UserError
 
 FILLS = ("black", "mean", "red", "flip")
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -235,113 +231,3 @@ def occlude(
     if p < 1.0:
         masks &= (rng.random(n) < p)[:, None, None]
     return apply_fill(images, masks, fill), masks
-
-
-def item_rng(seed: int, key: str | int) -> np.random.Generator:
-    """A generator that depends only on (seed, item key), so an item is occluded the same way
-    whichever subset (quick, validation) it appears in."""
-    tag = zlib.crc32(str(key).encode()) if not isinstance(key, int) else int(key)
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, tag, 0x0CC1])
-
-
-# ------------------------------------------------------------------------------ whole splits
-TEST_OCCLUSION_SEED = 2022  # one occluded test set shared by every run, whatever its seed
-
-
-def occluded_split(
-    split,
-    seed: int = TEST_OCCLUSION_SEED,
-    fill: str = "red",
-    mask_paths: Sequence[str] | None = None,
-    max_side: int | None = 384,
-    name: str | None = None,
-):
-    """A copy of `split` with one occluder pasted on every image, deterministic from `seed`.
-
-    The occluder of item i depends only on (seed, the item's path relative to split.root), so
-    the same image is occluded identically in the full set and in any subset. Images are
-    decoded (longer side at most `max_side`), occluded and written once as PNG to the cache
-    (`$CVBENCH_CACHE/occluded/<hash>/`), keyed by the split fingerprint and these arguments.
-    Mask files default to split.meta["masks_dir"]; with none, masks are generated.
-    The copy's meta["occlusion"] says what was done (source, fill, seed, mean coverage).
-    """
-    from ..atomic import atomic_write_bytes, atomic_write_text
-    from ..paths import cache_dir
-    from ..split import Split
-
-    if fill not in FILLS:
-        raise UserError(f"occlusion fill {fill!r} is not one of {', '.join(FILLS)}")
-    if mask_paths is None:
-        mask_paths = list_masks(split.meta.get("masks_dir"))
-    source = f"train_masks ({len(mask_paths)} files)" if len(mask_paths) else "generated masks"
-    root = Path(split.root) if split.root else None
-
-    def key_of(i: int) -> str | int:
-        if split.in_memory:
-            return i
-        p = Path(split.items[i])
-        try:
-            return p.relative_to(root).as_posix() if root else p.as_posix()
-        except ValueError:
-            return p.as_posix()
-
-    h = hashlib.sha256(json.dumps(
-        [split.cache_key, seed, fill, [Path(m).name for m in mask_paths], max_side],
-    ).encode()).hexdigest()[:16]
-    meta = {**split.meta, "occlusion": {"source": source, "fill": fill, "seed": seed}}
-    new_name = name or f"{split.name}+occluded"
-    if split.in_memory:
-        out, cover = [], []
-        for i in range(len(split)):
-            img = split.image(i, mode="rgb")
-            m = sample_masks(1, img.shape[:2], item_rng(seed, key_of(i)), mask_paths)
-            out.append(apply_fill(img[None], m, fill)[0])
-            cover.append(float(m.mean()))
-        meta["occlusion"]["covered_mean"] = round(float(np.mean(cover)), 4) if cover else 0.0
-        items = np.stack(out) if out else split.items
-        return Split(items=items, labels=split.labels, classes=split.classes, name=new_name,
-                     groups=dict(split.groups), root=None, meta=meta, fingerprint=h)
-
-    folder = cache_dir("occluded") / h
-    manifest = folder / "coverage.json"
-    paths = [folder / f"{i:06d}.png" for i in range(len(split))]
-    if manifest.exists() and all(p.exists() for p in paths):
-        cover = json.loads(manifest.read_text())
-    else:
-        cover = []
-        for i, path in enumerate(paths):
-            img = split.image(i, mode="rgb", max_side=max_side)
-            m = sample_masks(1, img.shape[:2], item_rng(seed, key_of(i)), mask_paths)
-            buf = io.BytesIO()
-            Image.fromarray(apply_fill(img[None], m, fill)[0]).save(buf, format="PNG")
-            atomic_write_bytes(path, buf.getvalue())
-            cover.append(float(m.mean()))
-        atomic_write_text(manifest, json.dumps(cover))
-    meta["occlusion"]["covered_mean"] = round(float(np.mean(cover)), 4) if cover else 0.0
-    return Split(items=[str(p) for p in paths], labels=split.labels, classes=split.classes,
-                 name=new_name, groups=dict(split.groups), root=str(folder), meta=meta,
-                 fingerprint=h)
-
-
-def with_occluded_copy(split, seed: int, fill: str = "red", max_side: int | None = 384):
-    """`split` plus an occluded copy of every image (the classical methods' training
-    augmentation: each room is seen both clean and occluded)."""
-    from ..split import Split
-
-    occ = occluded_split(split, seed=seed, fill=fill, max_side=max_side,
-                         name=f"{split.name}+occluded-copy")
-    if split.in_memory:
-        clean = np.stack([split.image(i, mode="rgb") for i in range(len(split))])
-        if clean.shape[1:] != occ.items.shape[1:]:
-            raise ValueError("in-memory split and its occluded copy differ in shape")
-        items = np.concatenate([clean, occ.items])
-    else:
-        items = list(split.items) + list(occ.items)
-    return Split(
-        items=items, labels=np.concatenate([split.labels, split.labels]), classes=split.classes,
-        name=f"{split.name}+occluded-copy",
-        groups={k: np.concatenate([np.asarray(v), np.asarray(v)]) for k, v in split.groups.items()},
-        root=None, meta={**split.meta, "occlusion": occ.meta["occlusion"],
-                         "augmented": "x2 (clean + occluded)"},
-        fingerprint=hashlib.sha256(f"{split.fingerprint}+{occ.fingerprint}".encode()).hexdigest()[:16],
-    )

@@ -22,16 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..images import is_image_file
-from ..split import Split
+from cvbench.errors import DataError
+from cvbench.images import is_image_file
+from cvbench.split import Split
+from cvbench.tasks import config
 
 FIXTURE_MARKER = "FIXTURE.md"
 FIXTURE_LABEL = "GENERATED FIXTURE (synthetic rooms, NOT Hotel-ID data)"
-LAYOUT = (
-    "Hotel-ID 2022: train_images/<hotel_id>/*.jpg and train_masks/*.png; or Hotel-ID 2021: "
-    "train.csv (image,chain,hotel_id,timestamp) and train_images/<chain>/<image>"
-)
+LAYOUT = config("hotelid")["layout"]
 CSV_COLUMNS_2021 = ("image", "chain", "hotel_id", "timestamp")
 
 
@@ -44,6 +42,19 @@ def detect_layout(folder: str | Path) -> str:
     if (folder / "train_images").is_dir():
         return "2022"
     raise DataError(f"{folder}: no Hotel-ID data found; expected {LAYOUT}")
+
+
+def folder_description(folder: Path) -> str | None:
+    """What a data folder says it holds: the `Variant: "..."` line of its README.md, if any
+    (e.g. real listing photos laid out like Hotel-ID, which are not Hotel-ID itself)."""
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return None
+    for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.strip().lower().startswith("variant:"):
+            text = line.split(":", 1)[1].strip().strip('"').strip("'").strip()
+            return text or None
+    return None
 
 
 def _sort_ids(ids) -> list[str]:
@@ -142,7 +153,7 @@ def split_per_hotel(
     return np.flatnonzero(~is_test), np.flatnonzero(is_test), int((counts == 1).sum())
 
 
-def load_hotelid(
+def read(
     folder: str | Path, seed: int = 0, skip_bad: bool = False, test_fraction: float = 0.2
 ) -> tuple[Split, Split]:
     """Read a Hotel-ID folder (layout detected) into the benchmark's (train, test) splits.
@@ -168,7 +179,7 @@ def load_hotelid(
     n_masks = len(list_masks(masks_dir))
     fixture = (folder / FIXTURE_MARKER).is_file()
     n_test_hotels = len(np.unique(labels[te]))
-    what = FIXTURE_LABEL if fixture else f"Hotel-ID {layout}"
+    what = FIXTURE_LABEL if fixture else (folder_description(folder) or f"Hotel-ID {layout}")
     variant = (
         f"{what}: {len(classes)} hotels, {len(paths)} images; per-hotel hold-out "
         f"{len(tr)} train / {len(te)} test ({n_test_hotels} test hotels, {singles} "
@@ -365,7 +376,7 @@ def generate_fixture(
     """
     from PIL import Image
 
-    from ..atomic import atomic_write_bytes, atomic_write_text
+    from cvbench.atomic import atomic_write_bytes, atomic_write_text
 
     if layout not in ("2022", "2021"):
         raise ValueError(f"layout must be '2022' or '2021', got {layout!r}")

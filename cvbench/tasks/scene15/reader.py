@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..images import is_image_file
-from ..split import Split
+from cvbench.errors import DataError
+from cvbench.images import is_image_file
+from cvbench.split import Split
+from cvbench.tasks import config
 
-LAYOUT = (
-    "train/<Class>/*.jpg + test/<Class>/*.jpg, or the original release <class>/*.jpg "
-    "(15 class folders, 4485 images)"
-)
+LAYOUT = config("scene15")["layout"]
 TRAIN_PER_CLASS = 100
 
 
@@ -63,7 +61,7 @@ def _make_split(files: list[Path], labels: list[int], classes: tuple[str, ...], 
     )
 
 
-def read_scene15(
+def read(
     folder: str | Path, seed: int = 0, skip_bad: bool = False,
     train_per_class: int = TRAIN_PER_CLASS,
 ) -> tuple[Split, Split]:

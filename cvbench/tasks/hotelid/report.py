@@ -1,52 +1,30 @@
-"""hotelid: hotel recognition with and without occlusion masks (Hotel-ID 2022, FGVC9).
-
-The study's question is a 2x2: a network trained with / without pasted occlusion masks,
-tested on clean / occluded photographs. Train side and test side are method parameters
-(`train_occlusion`, `test_occlusion`, see deep/hotelid.py), so one suite block sweeps all
-four cells and every record says which cell it is. The leaderboard section below is
-rendered from records only and never mixes generated-fixture runs with real ones.
-"""
+"""hotelid page sections: the honesty banner, the study's 2x2 (trained with / without
+masks x tested on clean / occluded photographs) with paired differences, and how to run on
+the real data. Rendered from records only; fixture runs are never mixed with real ones."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-from ..data.hotelid import FIXTURE_LABEL, LAYOUT, generate_fixture, load_hotelid
-from ..leaderboard import fmt, md_table
-from . import Task, register_task
+from cvbench.metrics import paired_bootstrap_diff
+from cvbench.report import HIDDEN_PARAMS, Page, fmt, md_table
+from cvbench.results import RunRecord
+from cvbench.tasks import get_task
 
-KAGGLE = "hotel-id-to-combat-human-trafficking-2022-fgvc9"
-FETCH_HELP = (
-    "Hotel-ID 2022 is on Kaggle only (accept the competition rules first):\n"
-    f"  kaggle competitions download -c {KAGGLE}\n"
-    f"  unzip {KAGGLE}.zip -d $CVBENCH_DATA/hotelid\n"
-    "  cvbench data check hotelid\n"
-    "  cvbench suite hotelid"
-)
-OCCLUSION_KEYS = ("train_occlusion", "test_occlusion")
+from .reader import FIXTURE_LABEL
+
+SIDES = ("train_occlusion", "test_occlusion")
 
 
-def _is_fixture(rec: dict) -> bool:
-    return "GENERATED FIXTURE" in str(rec.get("data", {}).get("variant", ""))
-
-
-def _cell(rec: dict) -> str:
-    m = rec.get("metrics", {})
-    return " · ".join(f"{name} {fmt(m.get(key), 3)}" for name, key in
+def _cell(rec: RunRecord) -> str:
+    return " · ".join(f"{name} {fmt(rec.metric(key), 3)}" for name, key in
                       (("top-1", "accuracy"), ("top-5", "top5_accuracy"), ("MAP@5", "map5")))
 
 
-def _paired_effects(cells: dict[tuple[str, str], dict]) -> list[str]:
+def _paired_effects(cells: dict[tuple[str, str], RunRecord]) -> list[str]:
     """The 2x2's three questions as paired top-1 differences, from the records' predictions."""
-    from ..metrics import paired_bootstrap_diff
-
-    def correct(rec):
-        p = rec.get("predictions", {})
-        return np.asarray(p.get("y_true", [])), np.asarray(p.get("y_pred", []))
-
     out = []
     for (a, b, what) in (
         (("none", "masks"), ("none", "none"), "occluded minus clean test, trained without masks"),
@@ -56,7 +34,8 @@ def _paired_effects(cells: dict[tuple[str, str], dict]) -> list[str]:
         ra, rb = cells.get(a), cells.get(b)
         if not ra or not rb:
             continue
-        (ta, pa), (tb, pb) = correct(ra), correct(rb)
+        ta, pa = np.asarray(ra.y_true()), np.asarray(ra.y_pred())
+        tb, pb = np.asarray(rb.y_true()), np.asarray(rb.y_pred())
         if len(ta) == 0 or len(ta) != len(tb) or (ta != tb).any():
             continue
         d = paired_bootstrap_diff(pa == ta, pb == tb)
@@ -65,18 +44,23 @@ def _paired_effects(cells: dict[tuple[str, str], dict]) -> list[str]:
     return out
 
 
-def occlusion_tables(records: list[dict]) -> str:
+def _test_set(rec: RunRecord) -> dict:
+    used = rec.data.get("test_used") or {}
+    occ = used.get("occlusion")
+    if occ:
+        return {**occ, "fingerprint": used.get("fingerprint")}
+    return dict(rec.info.get("test_set") or {})
+
+
+def occlusion_tables(records: list[RunRecord]) -> str:
     """One 2x2 table (trained without / with masks x tested on clean / occluded) per method
     configuration and data variant, from records alone; incomplete tables show dashes."""
-    groups: dict[tuple, dict[tuple[str, str], dict]] = defaultdict(dict)
+    groups: dict[tuple, dict[tuple[str, str], RunRecord]] = defaultdict(dict)
     for r in records:
-        params = r.get("params", {})
-        if not all(k in params for k in OCCLUSION_KEYS):
+        if not all(k in r.conditions for k in SIDES):
             continue
-        rest = tuple(sorted((k, repr(v)) for k, v in params.items()
-                            if k not in OCCLUSION_KEYS and k not in ("device", "n_jobs")))
-        key = (r.get("label", r["method"]), r["method"], rest, r["data"]["variant"], r.get("seed", 0))
-        groups[key][(params["train_occlusion"], params["test_occlusion"])] = r
+        rest = tuple(sorted((k, repr(v)) for k, v in r.params.items() if k not in HIDDEN_PARAMS))
+        groups[(r.label, r.method, rest, r.variant, r.seed)][tuple(r.conditions[k] for k in SIDES)] = r
     if not groups:
         return ""
     varying: dict[tuple, set[str]] = defaultdict(set)  # params that differ within a label
@@ -90,8 +74,7 @@ def occlusion_tables(records: list[dict]) -> str:
     out = []
     for (label, method, rest, variant, seed), cells in sorted(groups.items(), key=lambda kv: kv[0][:3]):
         any_rec = next(iter(cells.values()))
-        budget = any_rec.get("budget") or any_rec.get("info", {}).get("budget") or {}
-        proto = budget.get("protocol") if isinstance(budget, dict) else None
+        proto = (any_rec.budget or {}).get("protocol")
         shown = ", ".join(f"{k}={v}" for k, v in rest if k in varying[(label, method)])
         out.append(f"### {label} (`{method}`{', ' + shown if shown else ''}, seed {seed})\n")
         out.append(f"Data: {variant}." + (f" Budget: {proto}." if proto else "") + "\n")
@@ -106,7 +89,7 @@ def occlusion_tables(records: list[dict]) -> str:
             out.extend(f"- {d}" for d in diffs)
             out.append("")
         occ = next((c for (tr, te), c in cells.items() if te == "masks"), None)
-        test_set = (occ or {}).get("info", {}).get("test_set")
+        test_set = _test_set(occ) if occ else {}
         if test_set:
             out.append(f"Occluded test set: {test_set.get('source')}, fill {test_set.get('fill')}, "
                        f"mean area covered {test_set.get('covered_mean')}, seed {test_set.get('seed')} "
@@ -114,10 +97,11 @@ def occlusion_tables(records: list[dict]) -> str:
     return "\n".join(out)
 
 
-def page_sections(records: list[dict], figures_dir: Path) -> str:
-    """The hotelid page: the honesty banner, the 2x2 occlusion tables, and how to run on real data."""
-    fixture = [r for r in records if _is_fixture(r)]
-    real = [r for r in records if not _is_fixture(r)]
+def section_occlusion(page: Page) -> str:
+    """The honesty banner, the 2x2 occlusion tables, and how to run on real data."""
+    records = page.records
+    fixture = [r for r in records if r.is_fixture]
+    real = [r for r in records if not r.is_fixture]
     lines = ["## Occlusion study: trained with / without masks x tested on clean / occluded\n"]
     if not real:
         lines.append(
@@ -126,20 +110,20 @@ def page_sections(records: list[dict], figures_dir: Path) -> str:
             "show that the pipeline works end to end; they say nothing about recognising real "
             "hotels or about the study's 3.75% accuracy.\n")
     else:
-        lines.append(f"{len(real)} runs on Hotel-ID data; {len(fixture)} on the generated fixture "
+        lines.append(f"{len(real)} runs on real photographs; {len(fixture)} on the generated fixture "
                      "(tables kept apart by their data line).\n")
     lines.append("Cells: top-1 accuracy · top-5 accuracy · MAP@5 (Kaggle's metric: 1/rank of the "
                  "true hotel within the top 5, else 0). The study reported 3.75% accuracy both "
                  "with and without masks (VGG-16, 147,026,796 parameters); random guessing over "
                  "3,116 hotels gives 0.032%. Its precision 0.96 / recall 0.0375 / F1 0.0027 do not fit "
                  "together (SEEDS.md); here every metric is computed from the stored predictions.\n")
-    for title, recs in (("Hotel-ID data", real), ("Generated fixture (not Hotel-ID data)", fixture)):
+    for title, recs in (("Real photographs", real), ("Generated fixture (not Hotel-ID data)", fixture)):
         tables = occlusion_tables(recs)
         if tables:
             lines.append(f"### {title}\n" if real else "")
             lines.append(tables)
     lines.append("## Running it on the real data\n")
-    lines.append("```\n" + FETCH_HELP + "\n```\n")
+    lines.append("```\n" + get_task("hotelid").fetch_help + "\n```\n")
     lines.append("The study's protocol (VGG-16 from scratch, 224 px, Adam 1e-3, batch 32, "
                  "150 epochs x 100 steps) is the suite's `gpu_only` block: it runs only with "
                  "`--device cuda`. Without the download, `cvbench data fixture hotelid DEST` "
@@ -148,22 +132,4 @@ def page_sections(records: list[dict], figures_dir: Path) -> str:
     return "\n".join(lines)
 
 
-register_task(Task(
-    name="hotelid",
-    title="Hotel recognition with and without occlusion masks (Hotel-ID 2022, FGVC9)",
-    source="SEEDS.md hotelid: VGG-16 from scratch with / without random occlusion masks",
-    folder="hotelid",
-    layout=LAYOUT,
-    load=load_hotelid,
-    metrics=("map5", "topk"),
-    primary="map5",
-    fetch_help=FETCH_HELP,
-    quick_limit=(5, 2),
-    notes=(
-        "Kaggle's test images carry no labels, so the test split is held out from the training "
-        "images per hotel (seeded; every test hotel keeps training images). Runs whose data "
-        "line says GENERATED FIXTURE used synthetic rooms, not Hotel-ID photographs."
-    ),
-    extras={"page_sections": page_sections, "generate_fixture": generate_fixture,
-            "fixture_note": 'synthetic rooms, NOT Hotel-ID data'},
-))
+SECTIONS = {"occlusion": section_occlusion}

@@ -1,11 +1,9 @@
-"""Task `scene15`: 15-scene recognition with tiny images and bags of dense SIFT (SEEDS.md)."""
+"""scene15 page sections: our accuracy next to the tables the source study reports."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..data.scene15 import LAYOUT, read_scene15
-from . import Task, register_task
+from cvbench.report import Page, fmt, md_table
+from cvbench.results import RunRecord
 
 # Accuracies the source study REPORTS (quoted from SEEDS.md, scene15 section; not our runs).
 STUDY_TINY_K = {1: 0.2233, 2: 0.1787, 3: 0.1887, 4: 0.2047, 5: 0.2020, 6: 0.1980, 7: 0.2000,
@@ -18,42 +16,28 @@ _TINY_STUDY = {"size": 16, "crop": False, "zero_mean": True, "norm": "l1", "metr
                "weighted": False}
 _BOW_STUDY = {"classifier": "knn", "vocab_size": 400, "pyramid_levels": 0, "encoding": "hard"}
 
-FETCH_HELP = """\
-Scene-15 has no stable official download with a checksum we can verify, so fetch it by hand:
-  1. Download the 15-scene dataset (Lazebnik, Schmid & Ponce, CVPR 2006), e.g. the figshare
-     record "15-Scene Image Dataset" (https://doi.org/10.6084/m9.figshare.7007177) or the link
-     on Svetlana Lazebnik's research page (https://slazebni.cs.illinois.edu/research/).
-  2. Unpack it so that <data-root>/scene15/ holds the 15 class folders of the original release
-     (<class>/*.jpg, 4485 grayscale images); cvbench then draws 100 training images per class
-     with the run seed and tests on the rest (the standard protocol).
-     A course copy already split as train/<Class>/*.jpg + test/<Class>/*.jpg also works as is.
-  3. Check: `cvbench data where scene15` (or run `cvbench run scene15 tiny-knn --quick`)."""
-
-def _matching(records: list[dict], method: str, fixed: dict) -> list[dict]:
+def _matching(records: list[RunRecord], method: str, fixed: dict) -> list[RunRecord]:
     """`method` runs whose parameters include the study's settings `fixed`."""
-    return [r for r in records if r.get("method") == method
-            and all(r.get("params", {}).get(k) == v for k, v in fixed.items())]
+    return [r for r in records if r.method == method
+            and all(r.params.get(k) == v for k, v in fixed.items())]
 
 
-def _by(records: list[dict], *keys: str) -> dict[tuple, dict[int, float]]:
+def _by(records: list[RunRecord], *keys: str) -> dict[tuple, dict[int, float]]:
     """{(label, params[keys]...): {k: accuracy}} (the latest record wins)."""
     out: dict[tuple, dict[int, float]] = {}
-    for r in sorted(records, key=lambda r: r.get("started", "")):
-        group = (r.get("label", r["method"]),) + tuple(r["params"].get(k) for k in keys)
-        out.setdefault(group, {})[int(r["params"]["k"])] = r["metrics"]["accuracy"]
+    for r in sorted(records, key=lambda r: r.started):
+        group = (r.label,) + tuple(r.params.get(k) for k in keys)
+        out.setdefault(group, {})[int(r.params["k"])] = r.metric("accuracy")
     return out
 
 
 def _row(name: str, values: dict, cols: list) -> list[str]:
-    from ..leaderboard import fmt
-
     return [name] + [fmt(values[c]) if c in values else "–" for c in cols]
 
 
-def page_sections(records: list[dict], figures_dir: Path) -> str:
-    """Markdown for leaderboard/scene15.md: our accuracy next to the study's reported tables."""
-    from ..leaderboard import md_table
-
+def section_study(page: Page) -> str:
+    """Our accuracy next to the study's reported tables."""
+    records = page.records
     out = []
     tiny = _by(_matching(records, "tiny-knn", _TINY_STUDY))
     if tiny:
@@ -89,20 +73,4 @@ def page_sections(records: list[dict], figures_dir: Path) -> str:
     return head + "\n".join(out)
 
 
-TASK = register_task(
-    Task(
-        name="scene15",
-        title="15-scene recognition (Lazebnik 2006): tiny images and bags of dense SIFT",
-        source="course homework part 1 (SEEDS.md)",
-        folder="scene15",
-        layout=LAYOUT,
-        load=read_scene15,
-        metrics=("topk",),
-        primary="accuracy",
-        fetch_help=FETCH_HELP,
-        quick_limit=(20, 10),
-        extras={"page_sections": page_sections},
-        notes="Grayscale scenes, 15 classes; the study reports tiny-image k-NN 0.22 and bag of "
-        "SIFT k-NN 0.61 (SEEDS.md).",
-    )
-)
+SECTIONS = {"study": section_study}

@@ -18,11 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..atomic import atomic_open
-from ..errors import BadImageError
-from ..images import to_gray
-from ..paths import cache_dir
-from ..split import Split
+from cvbench.atomic import atomic_open
+from cvbench.errors import BadImageError
+from cvbench.images import to_gray
+from cvbench.paths import cache_dir
+from cvbench.split import Split
 
 PREPROCESS_MODES = ("none", "crop", "crop+ben")
 # The study's rule: under-exposed if >= 90 % of grey values lie in [0, 30];

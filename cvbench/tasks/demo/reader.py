@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..split import Split
-from . import Task, register_task
+from cvbench.split import Split
+from cvbench.tasks import classes_of
 
-DIGIT_CLASSES = tuple(str(d) for d in range(10))
+DIGIT_CLASSES = classes_of("demo")
 
 
-def load_digits_splits(folder: Path | None = None, seed: int = 0, skip_bad: bool = False,
+def read(folder: Path | None = None, seed: int = 0, skip_bad: bool = False,
                        size: int = 32, test_fraction: float = 1 / 3) -> tuple[Split, Split]:
     """Digits 8x8 (0..16) -> uint8 RGB size x size, stratified train/test split (seed 0 fixed)."""
     import cv2
@@ -37,16 +37,3 @@ def load_digits_splits(folder: Path | None = None, seed: int = 0, skip_bad: bool
         Split(rgb[tr], digits.target[tr], DIGIT_CLASSES, "demo/train", meta=meta),
         Split(rgb[te], digits.target[te], DIGIT_CLASSES, "demo/test", meta=meta),
     )
-
-
-register_task(Task(
-    name="demo",
-    title="Offline demo: handwritten digits (scikit-learn), 10 classes",
-    source="scikit-learn's bundled UCI handwritten digits (1797 images, 8x8), no download needed",
-    folder="",
-    layout="none (bundled with scikit-learn)",
-    load=load_digits_splits,
-    metrics=("topk",),
-    quick_limit=(30, 15),
-    notes="Runs anywhere in under a minute; shows the harness end to end (`make demo`).",
-))

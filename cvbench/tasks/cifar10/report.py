@@ -1,0 +1,51 @@
+"""cifar10 page sections: the training budget of every deep run beside the protocol the
+studies used (so a few CPU epochs are never read as the 200-epoch protocol), and the studies'
+claims as claims."""
+
+from __future__ import annotations
+
+from cvbench.report import Page, fmt, md_table
+
+# The studies' own numbers (SEEDS.md): claims, not our measurements.
+STUDY_CLAIMS = (
+    ("Study A: SE-ResNet [4,4,3], 4,697,742 params, 200 epochs", "test accuracy (claimed)", "0.95"),
+    ("Study A: same model", "hidden shifted test set (claimed)", "0.855"),
+    ("Study B: myNet (Inception), 6,158,538 params", "validation accuracy (reported)", "0.8898"),
+    ("Study B: CIFAR ResNet-18, 11,173,962 params", "validation accuracy (reported)", "0.8986"),
+    ("Study B: strong baseline", "validation accuracy", "0.84"),
+)
+
+
+def _f(x, digits: int = 3) -> str:
+    return fmt(None if x is None else float(x), digits)
+
+
+def section_budgets(page: Page) -> str:
+    deep = [r for r in page.records if r.family == "deep"]
+    if not deep:
+        return ""
+    rows = []
+    for r in sorted(deep, key=lambda r: -(r.metric("accuracy") or 0.0)):
+        info, budget = r.info, r.budget or r.info.get("budget") or {}
+        rows.append([
+            r.label, r.method + (" (quick)" if r.quick else ""),
+            f"{info.get('n_params', 0):,}" if info.get("n_params") else "–",
+            budget.get("protocol", "–"),
+            f"{budget.get('epochs_run', '–')}/{budget.get('epochs', '–')}",
+            _f(info.get("wall_s"), 0), _f(info.get("train_images_per_s"), 0),
+            r.device_name or "–", _f(r.metric("accuracy")),
+        ])
+    return ("## Training budgets of the deep runs\n\n"
+            "The studies trained for 200 epochs on a GPU; runs here state their own budget. "
+            "A CPU run of a few epochs or minutes measures that budget, not the studies' "
+            "protocol.\n\n" + md_table(
+                ["run", "method", "params", "protocol", "epochs run", "wall s", "train img/s",
+                 "device", "test accuracy"], rows))
+
+
+def section_claims(page: Page) -> str:
+    return "## What the studies claimed (not measured here)\n\n" + md_table(
+        ["model / setting", "metric", "value"], [list(c) for c in STUDY_CLAIMS])
+
+
+SECTIONS = {"budgets": section_budgets, "claims": section_claims}
