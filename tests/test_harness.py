@@ -378,3 +378,65 @@ def test_timed_record_points_a_cached_sweep_point_at_the_run_that_computed_featu
     deep = _record("d", label="cnn", method="cnn", params={"epochs": 5}, timings={"fit_s": 1.0})
     slower = _record("e", label="cnn", method="cnn", params={"epochs": 50}, timings={"fit_s": 9.0})
     assert Page(get_task("demo"), [deep, slower], [], tmp_path).timed(deep) is deep  # own time
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[run]]\nmethod = "tiny-knn"\nlabel = 5\n', r"'label' must be a one-line string, got 5"),
+    ('[[run]]\nmethod = "tiny-knn"\nlabel = "two\\nlines"\n', "'label' must be a one-line string"),
+    ('[[run]]\nmethod = 3\n', "'method' must be a method name"),
+    ('[[run]]\nmethod = "tiny-knn"\ngpu_only = "no"\n', "'gpu_only' must be true or false, got 'no'"),
+    ('[[run]]\nmethod = "tiny-knn"\nseeds = []\n', "'seeds' must be a non-empty list"),
+    ('[[run]]\nmethod = "tiny-knn"\nparams = { k = [] }\n', r"k = \[\] is an empty sweep"),
+    ('run = [1, 2]\n', r"expected one or more \[\[run\]\] tables"),
+    ('[defaults]\nk = 3\n[[run]]\nmethod = "tiny-knn"\n', r"\[defaults\] must hold one table per method"),
+])
+def test_suite_schema_errors_before_anything_runs(tmp_path, body, message):
+    path = tmp_path / "demo.toml"
+    path.write_text('task = "demo"\n' + body)
+    with pytest.raises(UserError, match=message):
+        load_suite(path, "demo")
+
+
+def test_suite_non_utf8_and_defaults_per_method(tmp_path):
+    path = tmp_path / "demo.toml"
+    path.write_bytes(b'task = "demo"\n# caf\xe9\n[[run]]\nmethod = "tiny-knn"\n')
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_suite(path, "demo")
+    path.write_text('task = "demo"\n[defaults.tiny-knn]\nk = 3\n[defaults.cnn]\nepochs = 2\n'
+                    '[[run]]\nmethod = "tiny-knn"\nparams = { size = 8 }\n'
+                    '[[run]]\nmethod = "majority-class"\n')
+    specs = load_suite(path, "demo").specs()
+    assert specs[0].params == {"k": 3, "size": 8} and specs[1].params == {}  # no leak across methods
+
+
+def test_unknown_condition_and_bad_condition_value_fail_the_plan():
+    with pytest.raises(UserError, match="task 'demo' has no condition 'composition'"):
+        plan_runs("demo", [RunSpec("tiny-knn", conditions={"composition": "biased"})], RunOptions(),
+                  log=lambda m: None)
+    with pytest.raises(UserError, match="condition test_occlusion = 'some' is not valid"):
+        get_task("hotelid").conditions["test_occlusion"].validate("some", "hotelid")
+
+
+def test_schema_1_records_migrate_with_conditions_and_new_keys(tmp_path):
+    """A schema-1 record of a task-by-method product loads as the plain method plus the task's
+    condition, with the key the planner computes for that run."""
+    v1 = json.loads(_record("old", task="fairface").to_json())
+    v1.pop("method_facts"), v1.pop("conditions")
+    v1.update(schema=1, method="fairface-tiny-knn", params={
+        "size": 16, "crop": False, "zero_mean": True, "norm": "l1", "k": 1, "metric": "l1",
+        "weighted": False, "n_jobs": None, "joblib_backend": "loky", "seed": 0,
+        "composition": "biased", "composition_total": 0, "composition_key": "race"},
+        data={"variant": "v", "train": {"n": 2, "fingerprint": "aa"}, "test": {"n": 2, "fingerprint": "bb"}})
+    path = results_path("fairface", tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(v1) + "\n")
+    (rec,) = load_records("fairface", tmp_path)
+    assert rec.schema == 2 and rec.method == "tiny-knn" and rec.conditions == {"composition": "biased"}
+    assert "composition" not in rec.params and "seed" not in rec.params
+    assert rec.feature_cache_params == ("k", "metric", "weighted") and rec.defaults["k"] == 1
+    kp = {k: v for k, v in rec.params.items() if k not in ("n_jobs", "joblib_backend")}
+    assert rec.key == run_key("fairface", ["aa", "bb"], "tiny-knn", kp, 0, False, {"composition": "biased"})
+    # the whole training split (all 7000) is no composition at all
+    v1["params"].update(composition="natural", composition_total=7000)
+    path.write_text(json.dumps(v1) + "\n")
+    assert load_records("fairface", tmp_path)[0].conditions == {}
