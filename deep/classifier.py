@@ -34,7 +34,6 @@ from .engine import (
     TrainData,
     Trainer,
     TrainHooks,
-    count_parameters,
 )
 
 DEFAULT_IMAGE_SIZE = 224  # for path-based splits when neither the method nor the model says
@@ -490,12 +489,9 @@ class DeepClassifier(Method, TrainHooks):
             "protocol": self.protocol or _protocol(trainer.device.type, int(self.epochs), self.time_budget_s,
                                                    result.epochs_run, self.budget_clock),
         }
-        try:
-            from .models import count_parameters as zoo_count
+        from .models import count_parameters as zoo_count
 
-            n_params = int(zoo_count(net))
-        except ImportError:
-            n_params = count_parameters(net)
+        n_params = int(zoo_count(net))
         return {
             "backend": "torch",
             "model": self.model,
@@ -542,13 +538,10 @@ def _clean(v: Any) -> Any:
 
 
 def _model_info(name: str) -> dict[str, Any]:
-    try:
-        from .models import model_info
+    """The zoo's facts about `name` ({} for a model outside the zoo, e.g. fundus-net)."""
+    from .models import list_models, model_info
 
-        info = model_info(name)
-        return dict(info) if info else {}
-    except Exception:  # unknown name or zoo not importable: fall back to defaults
-        return {}
+    return dict(model_info(name) or {}) if name in list_models() else {}
 
 
 register_method("cnn", family="deep", description="Any zoo model (param model=...) trained from scratch with the shared engine")(DeepClassifier)

@@ -293,7 +293,7 @@ class FundusClassifier(DeepClassifier):
     augmentation, class weights or balanced oversampling, classification or ordinal regression.
 
     Extra parameters over DeepClassifier:
-      fundus_prep:     "none" | "crop" | "crop+ben" (cvbench.data.fundus; cached arrays; named so
+      fundus_prep:     "none" | "crop" | "crop+ben" (cvbench.tasks.retinopathy.fundus; cached arrays; named so
                        as not to shadow the engine's preprocess hook)
       fundus_augment:  tokens "rotate", "flip" (h+v), "jitter[:sigma]" joined by "-", or "none"
       objective:       "classification" (softmax, 5 outputs) or "regression" (1 output, MSE)
@@ -530,7 +530,7 @@ def _sigmas(text: str) -> tuple[float, ...]:
 @register_method("retina-lesion-stats", family="classical", description=(
     "Multi-scale DoG lesion statistics of the green channel + ridge regression + QWK thresholds"))
 class LesionStats(Method):
-    """A classical ordinal grader: `cvbench.data.fundus.lesion_statistics` on border-cropped
+    """A classical ordinal grader: `cvbench.tasks.retinopathy.fundus.lesion_statistics` on border-cropped
     fundus images at `image_size`, standardised, ridge regression to the grade, and thresholds
     that maximise QWK on out-of-fold predictions of the training split (GroupKFold by patient),
     so no separate validation split is spent. Scores as `threshold_scores`. Defaults (scales,

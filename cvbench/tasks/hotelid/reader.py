@@ -412,7 +412,7 @@ def generate_fixture(
         lines = [",".join(CSV_COLUMNS_2021)] + [f"{a},{b},{c},{d}" for a, b, c, d in rows]
         atomic_write_text(dest / "train.csv", "\n".join(lines) + "\n")
     atomic_write_text(dest / FIXTURE_MARKER, (
-        f"# {FIXTURE_LABEL}\n\nWritten by cvbench.data.hotelid.generate_fixture(n_hotels={n_hotels}, "
+        f"# {FIXTURE_LABEL}\n\nWritten by cvbench.tasks.hotelid.reader.generate_fixture(n_hotels={n_hotels}, "
         f"images_per_hotel={tuple(images_per_hotel)}, n_masks={n_masks}, seed={seed}, size={tuple(size)}, "
         f"layout={layout!r}).\nProcedural hotel rooms in the official Hotel-ID {layout} layout, for tests "
         "and demos. Results on this folder say nothing about real hotel recognition.\n"))

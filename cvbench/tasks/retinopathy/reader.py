@@ -258,5 +258,5 @@ def generate_fixture(folder: Path, n_patients: int = 40, size: int = 96, seed: i
             Image.fromarray(img).save(folder / "train" / f"{name}.jpeg", quality=92)
             rows.append(f"{name},{grade}")
     (folder / "trainLabels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    (folder / FIXTURE_MARKER).write_text(f"{FIXTURE_LABEL}; written by cvbench.data.retinopathy.generate_fixture\n")
+    (folder / FIXTURE_MARKER).write_text(f"{FIXTURE_LABEL}; written by cvbench.tasks.retinopathy.reader.generate_fixture\n")
     return folder
