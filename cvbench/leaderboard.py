@@ -17,15 +17,19 @@ from .atomic import atomic_write_text
 from .paths import leaderboard_dir
 from .report import (
     DEFAULT_SECTIONS,
+    ROW_NOTE,
     SECTIONS,
-    SWEEP_NOTE,
     Page,
+    Row,
+    cost_figure,
     fmt,
     fmt_budget,
-    fmt_ci,
+    fmt_row_metric,
     fmt_seconds,
-    marked,
+    label_rows,
     md_table,
+    pooled_interval,
+    row_label,
 )
 from .results import RunRecord, load_records
 from .tasks import Task, list_tasks
@@ -43,8 +47,8 @@ def _header(task: Task, records: list[RunRecord], quick: list[RunRecord]) -> lis
         return lines
     variants = sorted({r.variant for r in records}) or sorted({r.variant for r in quick})
     lines.append("Data: " + "; ".join(variants) + ".\n")
-    lines.append(f"Primary metric: **{task.primary}**. Accuracy is shown with its bootstrap 95% "
-                 f"confidence interval. Reproduce with `cvbench suite {task.name}`.\n")
+    lines.append(f"Primary metric: **{task.primary}**. Every score comes with its bootstrap 95% "
+                 f"interval. Reproduce with `cvbench suite {task.name}`.\n")
     return lines
 
 
@@ -69,44 +73,105 @@ def render_task(task: Task, records: list[RunRecord], fig_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def render_index(tasks: list[Task], records_by_task: dict[str, list[RunRecord]]) -> str:
+def family_best(page: Page) -> list[tuple[Row, bool]]:
+    """(row, chosen among several) of the best configuration of each family and data variant."""
+    fam_rows: dict[tuple[str, str], list[Row]] = {}
+    for r in label_rows(page):
+        fam_rows.setdefault((r.family, r.variant), []).append(r)
+    order = sorted(fam_rows, key=lambda k: (FAMILY_ORDER.index(k[0]) if k[0] in FAMILY_ORDER else 9, k[1]))
+    return [(fam_rows[k][0], len(fam_rows[k]) > 1) for k in order]
+
+
+def render_index(tasks: list[Task], records_by_task: dict[str, list[RunRecord]],
+                 fig_dir: Path | None = None) -> str:
     lines = [
         "# cvbench leaderboard\n",
         "Every number below comes from a stored run record (`leaderboard/results/<task>.jsonl`), "
-        "rendered by `cvbench leaderboard`. Data variants are named: most tasks here run on the "
-        "subsets in `../shared/data`, not the full datasets, and CPU runs use small recorded "
-        "budgets, not the source studies' GPU protocols. Accuracy comes with a bootstrap 95% "
-        "confidence interval.\n",
-        "## Overview: best run per method family\n",
+        "rendered by `cvbench leaderboard`; `leaderboard/results.csv` holds the same rows for tools. "
+        "Data variants are named: most tasks here run on the subsets in `../shared/data`, not the "
+        "full datasets, and CPU runs use small recorded budgets, not the source studies' GPU "
+        "protocols. Each score comes with the bootstrap 95% interval of that metric.\n",
+        "## Overview: best configuration of each method family\n",
     ]
     rows = []
+    pictures = []
     for task in tasks:
         recs = [r for r in records_by_task.get(task.name, []) if not r.quick]
         link = f"[{task.name}]({task.name}.md)"
         if not recs:
-            rows.append([link, "–", "no runs yet", "–", "–", "–", f"`cvbench suite {task.name}`"])
+            rows.append([link, "–", "no runs yet", "–", "–", "–", "–", f"`cvbench suite {task.name}`"])
             continue
-        page = Page(task=task, records=recs, quick=[], fig_dir=Path("."))
-        best: dict[str, RunRecord] = {}
-        for r in page.sorted():
-            best.setdefault(r.family, r)
-        for fam in sorted(best, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else 9):
-            r = best[fam]
-            score = fmt_ci(r)
+        page = Page(task=task, records=recs, quick=[], fig_dir=fig_dir or Path("."))
+        for row, chosen in family_best(page):
+            score = f"{task.primary} {fmt_row_metric(row, task.primary)}"
             if task.primary != "accuracy":
-                score = f"{task.primary} {fmt(r.metric(task.primary))}; acc. {score}"
-            rows.append([link, f"{fam}: {marked(r)}", score, str(r.test_n),
-                         fmt_seconds(page.timed(r).run_seconds), r.device_name, fmt_budget(r)])
+                score += f"; accuracy {fmt(row.mean('accuracy'))}"
+            data = "GENERATED FIXTURE" if row.best.is_fixture else row.variant
+            rows.append([link, f"{row.family}: {row_label(row, chosen)}", score, str(row.best.test_n),
+                         fmt_seconds(row.run_seconds(page)), row.best.device_name, fmt_budget(row.best),
+                         data])
+        if fig_dir is not None:
+            path = fig_dir / f"{task.name}-score-vs-runtime.png"
+            if cost_figure(page, label_rows(page), path, f"{task.name}: {task.primary} against runtime"):
+                pictures.append(f"### {task.name}\n\n![{task.name}: {task.primary} against runtime]"
+                                f"(figures/index/{path.name})\n")
     lines.append(md_table(["task", "best (family: method)", "score [95% CI]", "test n", "runtime",
-                           "device", "budget"], rows))
+                           "device", "budget", "data"], rows))
+    lines.append(ROW_NOTE)
+    if pictures:
+        lines.append("## Accuracy against cost\n")
+        lines.append("One point per method's configuration (mean over seeds, with its 95% interval), "
+                     "coloured by family; runtime is fit + predict of that run, log scale. The "
+                     "cheap-and-good methods sit top left.\n")
+        lines.extend(pictures)
     lines.append("\n## Data behind each task\n")
     for task in tasks:
         variants = sorted({r.variant for r in records_by_task.get(task.name, []) if not r.quick})
         lines.append(f"- **{task.name}**: " + ("; ".join(variants) if variants else "no runs yet"))
-    lines.append("\nRuntime = training + prediction time of that run. " + SWEEP_NOTE)
-    lines.append("Each task page lists every run, sweep tables, confusion matrices and learning "
-                 "curves.\n")
+    lines.append("\nRuntime = training + prediction time of that run. Each task page has every "
+                 "method's row, the sweeps, confusion matrices and learning curves.\n")
     return "\n".join(lines)
+
+
+CSV_COLUMNS = ("task", "variant", "label", "method", "family", "metric", "mean", "sd", "n_seeds",
+               "seeds", "ci_low", "ci_high", "test_selected", "chosen_by", "runtime_s", "device",
+               "budget", "run_keys")
+
+
+def results_rows(tasks: list[Task], records_by_task: dict[str, list[RunRecord]]) -> list[dict]:
+    """One row per (task, data variant, method label): what results.csv holds."""
+    out = []
+    for task in tasks:
+        recs = [r for r in records_by_task.get(task.name, []) if not r.quick]
+        if not recs:
+            continue
+        page = Page(task=task, records=recs, quick=[], fig_dir=Path("."))
+        for row in label_rows(page):
+            values = row.values(task.primary)
+            ci = pooled_interval(row.records, task.primary)
+            out.append({
+                "task": task.name, "variant": row.variant, "label": row.label, "method": row.best.method,
+                "family": row.family, "metric": task.primary,
+                "mean": round(float(values.mean()), 6) if len(values) else "",
+                "sd": round(float(values.std(ddof=1)), 6) if len(values) > 1 else "",
+                "n_seeds": len(row.records), "seeds": " ".join(map(str, row.seeds)),
+                "ci_low": round(ci[0], 6) if ci else "", "ci_high": round(ci[1], 6) if ci else "",
+                "test_selected": row.test_selected, "chosen_by": row.chosen_by,
+                "runtime_s": round(row.run_seconds(page), 3), "device": row.best.device_name,
+                "budget": fmt_budget(row.best), "run_keys": " ".join(r.key for r in row.records),
+            })
+    return out
+
+
+def results_csv(tasks: list[Task], records_by_task: dict[str, list[RunRecord]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results_rows(tasks, records_by_task))
+    return buf.getvalue()
 
 
 def _swap_in(new: Path, final: Path) -> None:
@@ -144,6 +209,11 @@ def render_all(root: Path | None = None, tasks: list[Task] | None = None) -> Pat
         else:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(figures / t.name, ignore_errors=True)
+    staging = figures / ".index.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     index = root / "index.md"
-    atomic_write_text(index, render_index(tasks, records))
+    atomic_write_text(index, render_index(tasks, records, staging))
+    _swap_in(staging, figures / "index")
+    atomic_write_text(root / "results.csv", results_csv(tasks, records))
     return index

@@ -433,11 +433,8 @@ class Metric:
         if self.bootstrap is None:
             return None
         groups = None
-        if self.bootstrap.startswith("group:"):
-            key = self.bootstrap.split(":", 1)[1]
-            groups = inp.groups.get(key)
-            if groups is None:
-                return None
+        if self.bootstrap.startswith("group:"):  # whole groups; items when the split has none
+            groups = inp.groups.get(self.bootstrap.split(":", 1)[1])
         if self.per_item is not None:
             return list(bootstrap_mean(self.per_item(inp), seed=inp.seed, groups=groups))
         if self.pair is not None:
@@ -499,12 +496,14 @@ def _qwk_pair(n_classes: int):
     return fn
 
 
-def quadratic_weighted_kappa_fast(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+def quadratic_weighted_kappa_fast(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
+                                  weights: np.ndarray | None = None) -> float:
     """The same value as `quadratic_weighted_kappa` from a bincount confusion matrix (no
-    sklearn call): for bootstrap resamples and threshold searches."""
+    sklearn call): for bootstrap resamples and threshold searches. `weights` weighs items
+    (as sklearn's sample_weight)."""
     k = n_classes
     y_true, y_pred = _check_pair(y_true, y_pred)
-    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(np.float64)
+    cm = np.bincount(y_true * k + y_pred, weights=weights, minlength=k * k).reshape(k, k).astype(np.float64)
     n = cm.sum()
     if n == 0:
         return 0.0

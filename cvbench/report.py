@@ -642,3 +642,290 @@ def section_seeds(page: Page) -> str:
 
 
 SECTIONS.update({"groups": section_groups, "paired": section_paired, "seeds": section_seeds})
+
+
+# ---------------------------------------------------------------- rows: configurations over seeds
+CHOSEN_MARK = SWEEP_MARK  # a choice made on the test split (best of a sweep, of seeds, of epochs, ...)
+DIRTY_MARK = "‡"  # the record came from uncommitted code
+
+
+def config_id(rec: RunRecord) -> str:
+    """What a configuration is: method, parameters and conditions, without the seed."""
+    import json
+
+    params = {k: v for k, v in rec.params.items() if k not in HIDDEN_PARAMS}
+    return json.dumps([rec.method, params, rec.conditions], sort_keys=True, default=str)
+
+
+@dataclass
+class Row:
+    """One configuration of one suite label on one data variant, over its seeds."""
+
+    label: str
+    variant: str
+    records: list[RunRecord]  # one per seed, by seed
+    candidates: int = 1  # configurations this row was chosen from
+    chosen_by: str = "only configuration"  # or "validation", "test split"
+
+    @property
+    def best(self) -> RunRecord:
+        return self.records[0]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.records]
+
+    @property
+    def family(self) -> str:
+        return self.best.family
+
+    @property
+    def test_selected(self) -> bool:
+        return self.candidates > 1 and self.chosen_by == "test split"
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.array([v for v in (r.metric(metric) for r in self.records) if v is not None])
+
+    def mean(self, metric: str) -> float | None:
+        v = self.values(metric)
+        return float(v.mean()) if len(v) else None
+
+    def run_seconds(self, page: Page) -> float:
+        return float(np.mean([page.timed(r).run_seconds for r in self.records]))
+
+
+def validation_score(rec: RunRecord, metric: str) -> float | None:
+    """What the run scored on a validation split carved from its training data, if any."""
+    val = rec.info.get("validation") or {}
+    if isinstance(val.get("score"), (int, float)):
+        return float(val["score"])
+    vm = rec.info.get("val_metrics") or {}
+    key = "qwk" if metric == "qwk" else "accuracy"
+    if isinstance(vm.get(key), (int, float)):
+        return float(vm[key])
+    curve = [v for v in (rec.curves.get("val_acc") or []) if v is not None]
+    return float(curve[-1]) if curve and metric == "accuracy" else None
+
+
+def label_rows(page: Page, records: list[RunRecord] | None = None) -> list[Row]:
+    """For each (label, data variant): its configurations over seeds; the one shown is chosen
+    on validation when every configuration has a validation score under the same conditions,
+    else by its mean test score (and then marked when there was a choice)."""
+    records = page.records if records is None else records
+    by_label: dict[tuple[str, str], dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_label[(r.label, r.variant)][config_id(r)].append(r)
+    rows = []
+    for (label, variant), configs in by_label.items():
+        cands = [Row(label, variant, sorted(recs, key=lambda r: r.seed)) for recs in configs.values()]
+        chosen_by = "only configuration"
+        if len(cands) > 1:
+            vals = [[validation_score(r, page.primary) for r in c.records] for c in cands]
+            same_conditions = len({json_dump(c.best.conditions) for c in cands}) == 1
+            if same_conditions and all(v is not None for vs in vals for v in vs):
+                pick = max(range(len(cands)), key=lambda i: float(np.mean(vals[i])))
+                chosen_by = "validation"
+            else:
+                pick = max(range(len(cands)), key=lambda i: _mean_or_inf(cands[i], page))
+                chosen_by = "test split"
+            row = cands[pick]
+        else:
+            row = cands[0]
+        row.candidates, row.chosen_by = len(cands), chosen_by
+        rows.append(row)
+    return sorted(rows, key=lambda r: (-_mean_or_inf(r, page), r.label, r.variant))
+
+
+def json_dump(x: Any) -> str:
+    import json
+
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def _mean_or_inf(row: Row, page: Page) -> float:
+    m = row.mean(page.primary)
+    if m is None:
+        m = row.mean("accuracy")
+    return m if m is not None else float("-inf")
+
+
+def pooled_interval(records: list[RunRecord], metric: str, n_boot: int = 1000, seed: int = 0
+                    ) -> tuple[float, float] | None:
+    """95% interval of the seed-mean of `metric` over bootstrap resamples of the test items
+    (the same resample for every seed; whole patients for qwk): test-set sampling only."""
+    from .metrics import quadratic_weighted_kappa_fast, resample_indices
+
+    if len(records) == 1:
+        return records[0].interval(metric)
+    y = np.asarray(records[0].y_true())
+    if not len(y) or any(np.asarray(r.y_true()).shape != y.shape or (np.asarray(r.y_true()) != y).any()
+                         for r in records):
+        return None
+    preds = np.stack([np.asarray(r.y_pred()) for r in records])
+    groups = records[0].test_groups("patient") if metric == "qwk" else None
+    draws = resample_indices(len(y), n_boot, seed, groups)
+    if metric == "accuracy":
+        per_item = (preds == y).mean(0)
+        samples = [per_item[i].mean() for i in draws]
+    elif metric == "map5":
+        tops = [r.top_classes() for r in records]
+        if any(t is None for t in tops):
+            return None
+        rr = []
+        for t in tops:
+            t = np.asarray(t)
+            hit = t == y[:, None]
+            rank = np.where(hit.any(1), hit.argmax(1) + 1, 0)
+            rr.append(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0))
+        per_item = np.mean(rr, axis=0)
+        samples = [per_item[i].mean() for i in draws]
+    elif metric == "qwk":
+        k = len(records[0].class_names)
+        samples = [np.mean([quadratic_weighted_kappa_fast(y[i], p[i], k) for p in preds]) for i in draws]
+    else:
+        return None
+    lo, hi = np.quantile(samples, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def fmt_row_metric(row: Row, metric: str, digits: int = 4) -> str:
+    """'0.4071 [0.382, 0.434]' for one seed; '0.4012 ± 0.0061 (3 seeds) [0.385, 0.417]'."""
+    mean = row.mean(metric)
+    if mean is None:
+        return "–"
+    ci = pooled_interval(row.records, metric)
+    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    if len(row.records) == 1:
+        return f"{mean:.{digits}f}{ci_text}"
+    sd = float(row.values(metric).std(ddof=1))
+    return f"{mean:.{digits}f} ± {sd:.{digits}f} ({len(row.records)} seeds){ci_text}"
+
+
+def row_label(row: Row, headline_choice: bool = False) -> str:
+    marks = ""
+    if row.test_selected or headline_choice:
+        marks += f" {CHOSEN_MARK}"
+    if any(r.dirty for r in row.records):
+        marks += f" {DIRTY_MARK}"
+    return row.label + marks
+
+
+ROW_NOTE = (f"{CHOSEN_MARK} chosen on the test split: the best of several configurations (sweep "
+            "points, epochs, compositions, or methods of a family) by their test score, so the "
+            "number is optimistic; the sweep tables show every point. A configuration with several "
+            "seeds shows their mean ± sd and the number of seeds; its interval is the bootstrap of "
+            "the seed-mean over test items. "
+            f"{DIRTY_MARK} the record came from uncommitted code (not reproducible from a revision).\n")
+
+
+def section_summary(page: Page) -> str:
+    """The answer first: the best configuration of each family, then every method's row."""
+    task = page.task
+    rows = label_rows(page)
+    metrics = [task.primary] + (["accuracy"] if task.primary != "accuracy" else [])
+    fam_rows: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        fam_rows[(r.family, r.variant)].append(r)
+    head = ["family", "method", *(f"{m} [95% CI]" for m in metrics), "test n", "runtime", "device", "budget", "data"]
+    table = []
+    for (fam, variant), rs in sorted(fam_rows.items(), key=lambda kv: (_family_rank(kv[0][0]), kv[0][1])):
+        best = rs[0]
+        table.append([fam, row_label(best, headline_choice=len(rs) > 1),
+                      *(fmt_row_metric(best, m) for m in metrics), str(best.best.test_n),
+                      fmt_seconds(best.run_seconds(page)), best.best.device_name, fmt_budget(best.best),
+                      _variant_note(page, variant)])
+    out = ["## Best of each family\n", md_table(head, table)]
+    head = ["method", "family", *(f"{m} [95% CI]" for m in metrics), "balanced acc.", "macro-F1",
+            "seeds", "chosen by", "fit", "predict/img", "budget"]
+    table = []
+    for r in rows:
+        t = page.timed(r.best)
+        table.append([row_label(r), r.family, *(fmt_row_metric(r, m) for m in metrics),
+                      fmt(r.mean("balanced_accuracy")), fmt(r.mean("macro_f1")),
+                      ", ".join(map(str, r.seeds)),
+                      r.chosen_by + (f" (of {r.candidates})" if r.candidates > 1 else ""),
+                      fmt_seconds(t.fit_seconds), f"{t.per_image_ms:.2f} ms", fmt_budget(r.best)])
+    out += ["## Every method\n", md_table(head, table), ROW_NOTE, TIMED_NOTE]
+    return "\n".join(out)
+
+
+def _family_rank(fam: str) -> int:
+    order = ("classical", "deep", "pretrained", "baseline")
+    return order.index(fam) if fam in order else len(order)
+
+
+def _variant_note(page: Page, variant: str) -> str:
+    variants = {r.variant for r in page.records}
+    if "GENERATED FIXTURE" in variant:
+        return "generated fixture"
+    return "" if len(variants) == 1 else variant[:60]
+
+
+def cost_figure(page: Page, rows: list[Row], path: Path, title: str) -> bool:
+    """The primary metric (with its interval) against runtime (log scale), one point per
+    method's shown configuration, coloured by family."""
+    pts = [(r, r.mean(page.primary), pooled_interval(r.records, page.primary), r.run_seconds(page))
+           for r in rows]
+    pts = [p for p in pts if p[1] is not None and p[3] > 0]
+    if not pts:
+        return False
+    plt = figure_setup()
+    colours = {"classical": "tab:blue", "deep": "tab:orange", "pretrained": "tab:green", "baseline": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    seen = set()
+    for r, y, ci, x in sorted(pts, key=lambda p: p[3]):
+        fam = r.family
+        err = None if ci is None else [[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]]
+        ax.errorbar([x], [y], yerr=err, fmt="o", color=colours.get(fam, "black"), capsize=2, ms=4,
+                    label=None if fam in seen else fam)
+        seen.add(fam)
+        ax.annotate(r.label[:28], (x, y), fontsize=5, xytext=(3, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("runtime of the run (fit + predict), seconds, log scale")
+    ax.set_ylabel(page.primary)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=8)
+    save_png(fig, path)
+    plt.close(fig)
+    return True
+
+
+def section_picture(page: Page) -> str:
+    rows = label_rows(page)
+    path, link = page.figure_path(f"{page.task.name}-score-vs-runtime.png")
+    if not cost_figure(page, rows, path, f"{page.task.name}: {page.primary} against runtime"):
+        return ""
+    return (f"![{page.primary} against runtime]({link})\n\nEach point is one method's configuration "
+            "as in the table above (mean over seeds), with its 95% interval; runtime on a log scale.\n")
+
+
+def details(title: str, text: str) -> str:
+    """A collapsed block: the detail below the answer."""
+    if not text.strip():
+        return ""
+    return f"<details><summary>{title}</summary>\n\n{text.strip()}\n\n</details>\n"
+
+
+def _collapsed(name: str, title: str):
+    inner = SECTIONS[name]
+
+    def section(page: Page) -> str:
+        return details(title, inner(page))
+
+    section.__doc__ = f"{title} (collapsed)"
+    return section
+
+
+SECTIONS.update({
+    "summary": section_summary,
+    "picture": section_picture,
+    "sweeps_details": _collapsed("sweeps", "Sweeps: every point of every swept block"),
+    "confusion_details": _collapsed("confusion", "Confusion matrices"),
+    "curves_details": _collapsed("curves", "Learning curves"),
+    "stages_details": _collapsed("stages", "Runtime per stage"),
+    "all_runs_details": _collapsed("all_runs", "All runs"),
+    "groups_details": _collapsed("groups", "Disparity across groups, run by run"),
+})
+DEFAULT_SECTIONS = ("summary", "picture", "sweeps_details", "confusion_details", "curves_details",
+                    "stages_details", "all_runs_details", "quick")

@@ -340,3 +340,15 @@ def test_deep_cnn_and_retrieval_one_epoch(fixture_2022, tmp_path):
     assert cnn_clean.y_pred() != cnn_occ.y_pred() or cnn_clean.metrics != cnn_occ.metrics
     ret_clean, _ = run_group(plan, plan.groups[1], plan.groups[1].runs, options)
     assert ret_clean.info["retrieval"]["gallery"] == ret_clean.data["train"]["n"]
+
+
+def test_map5_interval_shrinks_with_more_queries():
+    from cvbench.metrics import bootstrap_mean
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (20, 200, 2000):
+        rr = rng.choice([1.0, 0.5, 1 / 3, 0.0], size=n, p=[0.4, 0.2, 0.1, 0.3])
+        lo, hi = bootstrap_mean(rr, seed=0)
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2] > 0

@@ -183,7 +183,7 @@ def test_patient_split_never_straddles():
 def test_task_registration():
     task = get_task("retinopathy")
     assert task.primary == "qwk" and task.val_group_key == "patient"
-    assert set(task.metrics) == {"qwk", "referable", "mean_ovr_accuracy"}
+    assert set(task.metrics) == {"qwk", "qwk_eyepacs", "referable", "mean_ovr_accuracy"}
     assert "grading" in task.report_sections() and "grading" in task.sections
 
 
@@ -421,3 +421,27 @@ def test_eyepacs_official_test_labels_used_when_present(tmp_path):
     train, test = load_retinopathy(root)
     assert len(train) == 20 and len(test) == 3
     assert test.labels.tolist() == [0, 1, 2] and "official" in test.meta["variant"]
+
+
+def test_prevalence_weighted_qwk_equals_plain_at_the_released_mix():
+    from cvbench.metrics import quadratic_weighted_kappa
+    from cvbench.tasks.retinopathy.protocol import EYEPACS_GRADE_COUNTS, prevalence_weights, qwk_at_eyepacs_mix
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), EYEPACS_GRADE_COUNTS)  # exactly the released mix
+    p = np.clip(y + rng.integers(-1, 2, len(y)), 0, 4)
+    assert np.allclose(prevalence_weights(y), 1.0)
+    assert qwk_at_eyepacs_mix(y, p) == pytest.approx(quadratic_weighted_kappa(y, p, 5))
+    enriched = np.repeat(np.arange(5), [50, 13, 27, 5, 5])  # a disease-enriched mix: weights differ
+    w = prevalence_weights(enriched)
+    assert np.bincount(enriched, weights=w) / w.sum() == pytest.approx(
+        np.array(EYEPACS_GRADE_COUNTS) / sum(EYEPACS_GRADE_COUNTS))
+
+
+def test_patient_bootstrap_keeps_both_eyes_together():
+    from cvbench.metrics import resample_indices
+
+    patients = np.repeat(np.arange(20), 2)  # item 2i and 2i+1 are the two eyes of patient i
+    for draw in resample_indices(len(patients), 50, seed=0, groups=patients.astype(str)):
+        counts = np.bincount(draw, minlength=len(patients))
+        assert (counts[0::2] == counts[1::2]).all()
