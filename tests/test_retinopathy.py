@@ -425,7 +425,11 @@ def test_eyepacs_official_test_labels_used_when_present(tmp_path):
 
 def test_prevalence_weighted_qwk_equals_plain_at_the_released_mix():
     from cvbench.metrics import quadratic_weighted_kappa
-    from cvbench.tasks.retinopathy.protocol import EYEPACS_GRADE_COUNTS, prevalence_weights, qwk_at_eyepacs_mix
+    from cvbench.tasks.retinopathy.protocol import (
+        EYEPACS_GRADE_COUNTS,
+        prevalence_weights,
+        qwk_at_eyepacs_mix,
+    )
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(5), EYEPACS_GRADE_COUNTS)  # exactly the released mix
