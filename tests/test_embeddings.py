@@ -13,7 +13,12 @@ from cvbench.deep import embeddings
 from cvbench.deep.embeddings import embed_split, item_keys, prepare
 from cvbench.errors import UserError
 from cvbench.split import Split
-from tests.tiny_backbone import NAME, jpeg_split, register_tiny
+from tests.tiny_backbone import NAME, jpeg_split, one_thread, register_tiny
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    yield from one_thread(monkeypatch)
 
 
 @pytest.fixture
@@ -163,6 +168,7 @@ def _rank_main(rank: int, world: int, port: int, root: str) -> None:
                       CVBENCH_CACHE=str(Path(root) / "cache-dist"))
     import torch.distributed as dist
 
+    torch.set_num_threads(1)
     register_tiny(Path(root) / "weights")
     split = jpeg_split(Path(root) / "imgs")
     try:
@@ -174,9 +180,10 @@ def _rank_main(rank: int, world: int, port: int, root: str) -> None:
             dist.destroy_process_group()
 
 
-def test_torchrun_sharding_equals_single_process(tiny, tmp_path):
+def test_torchrun_sharding_equals_single_process(tiny, tmp_path, monkeypatch):
     import torch.multiprocessing as mp
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the two ranks
     single, _ = embed_split(tiny, NAME, cache=False, progress=False)
     mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)

@@ -12,7 +12,12 @@ from cvbench.deep.retinopathy import grades_from_values
 from cvbench.errors import UserError
 from cvbench.methods import create_method, get_method_spec
 from cvbench.split import Split
-from tests.tiny_backbone import NAME, jpeg_split, register_tiny
+from tests.tiny_backbone import NAME, jpeg_split, one_thread, register_tiny
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    yield from one_thread(monkeypatch)
 
 
 def _feature_split(n: int, n_classes: int, dim: int = 24, seed: int = 0, name: str = "syn/train",

@@ -86,3 +86,15 @@ def jpeg_split(folder: Path, n: int = 12, n_classes: int = 3, name: str = "syn/t
         paths.append(path)
     return Split(items=paths, labels=np.arange(n) % n_classes,
                  classes=tuple(f"c{k}" for k in range(n_classes)), name=name, root=str(folder))
+
+
+def one_thread(monkeypatch):
+    """One torch thread (and one for extraction): on a shared 2-core machine, OpenMP threads
+    spinning against other jobs make small forwards ~30x slower (measured)."""
+    from cvbench.deep import embeddings
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(embeddings, "_cores", lambda: 1)
+    yield
+    torch.set_num_threads(old)
