@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -c constraints.txt -e ".[dev,faiss]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained]"
 	@$(MAKE) --no-print-directory vlfeat || echo "cvbench: cyvlfeat not installed; dense SIFT uses the numpy re-implementation of VLFeat's dsift"
 	@touch $(STAMP)
 

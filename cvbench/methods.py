@@ -73,9 +73,16 @@ class Scores:
         """A Scores reads as its main scores wherever numpy expects an array."""
         return np.asarray(self.main, dtype=dtype)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return np.shape(self.main)
+    def __getattr__(self, name: str):  # .argmax(1), .shape, .sum(...) ... of the main scores
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self.__dict__["main"]), name)
+
+    def __getitem__(self, index):
+        return np.asarray(self.main)[index]
+
+    def __len__(self) -> int:
+        return len(self.main)
 
 
 class Method(BaseEstimator):

@@ -176,6 +176,24 @@ class AnyOf(Spec):
         return " or ".join(s.describe() for s in self.specs)
 
 
+class Seq(Spec):
+    """A non-empty list (or tuple) whose every element `item` accepts."""
+
+    def __init__(self, item: Spec, none: bool = False):
+        self.item = item
+        self.none = none
+
+    def check(self, value, context):
+        if value is None:
+            return None if self.none else self.describe()
+        if not isinstance(value, (list, tuple)) or not value:
+            return self.describe()
+        return None if all(self.item.check(v, context) is None for v in value) else self.describe()
+
+    def describe(self) -> str:
+        return f"a non-empty list of {self.item.describe()}s{self._none()}"
+
+
 class Anything(Spec):
     """A runtime parameter whose value the method interprets itself."""
 

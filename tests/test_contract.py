@@ -34,6 +34,8 @@ SMALL = {
     "retina-ordinal": dict(TINY_FUNDUS),
     "retina-densenet201": dict(TINY_FUNDUS, pretrained=None),
 }
+TINY_BACKBONE = dict(backbone="test-tiny", size=16, n_jobs=1)
+SMALL.update({"linear-probe": dict(TINY_BACKBONE, Cs=[0.1, 1.0]), "embedding-knn": dict(TINY_BACKBONE)})
 GRADERS = {"retina-cnn", "retina-ordinal", "retina-densenet201", "retina-lesion-stats"}  # 5 grades
 NAMES = [m.name for m in list_methods() if not m.name.startswith("test-")]
 # presets of a class already fitted below (their recipes are tested with the engine)
@@ -47,6 +49,14 @@ def _split(n_per_class=8, classes=3, seed=0, name="toy/train") -> Split:
     for c in range(classes):  # a bright band per class: learnable by any family
         x[labels == c, 6 * c: 6 * c + 6] += 150
     return Split(x, labels, tuple("abcde"[:classes]), name)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tiny_backbone(tmp_path_factory):
+    """The pretrained methods embed with a tiny registered backbone (random weights)."""
+    from tests.tiny_backbone import register_tiny
+
+    register_tiny(tmp_path_factory.mktemp("tiny-weights"))
 
 
 def test_every_method_has_small_settings_here():
@@ -71,8 +81,8 @@ def test_bad_values_are_user_errors_naming_the_parameter(name):
     for key, decl in declared(spec.cls).items():
         if isinstance(decl, Anything) or key not in spec.params():
             continue
-        with pytest.raises(UserError, match=rf"parameter {key} = \[1, 2\] is not valid; expected"):
-            validate_params(spec.cls, {key: [1, 2]})
+        with pytest.raises(UserError, match=rf"parameter {key} = \[\[1, 2\]\] is not valid; expected"):
+            validate_params(spec.cls, {key: [[1, 2]]})
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in SAME_CLASS_PRESETS])
