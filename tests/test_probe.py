@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cvbench.deep import embeddings, probe
-from cvbench.deep.retrieval import retrieval_scores
 from cvbench.deep.probe import EmbeddingKNN, LinearProbe, carve_rows
 from cvbench.deep.retinopathy import grades_from_values
+from cvbench.deep.retrieval import retrieval_scores
 from cvbench.errors import UserError
 from cvbench.methods import create_method, get_method_spec
 from cvbench.split import Split
