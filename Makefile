@@ -31,9 +31,12 @@ vlfeat:
 	$(PIP) install -q --no-build-isolation -c constraints.txt "cyvlfeat>=0.7"
 	$(PY) -c "import cyvlfeat.sift; print('cvbench: cyvlfeat available (vlfeat dense SIFT backend)')"
 
+# The demo runs for real on every call, into a scratch leaderboard, so the committed pages stay
+# as they are (DEMO_LEADERBOARD=leaderboard make demo writes into the committed one).
+DEMO_LEADERBOARD ?= .cache/demo-leaderboard
 demo: venv
-	$(VENV)/bin/cvbench suite demo
-	@echo "Leaderboard written: leaderboard/index.md (demo task: leaderboard/demo.md)"
+	rm -rf $(DEMO_LEADERBOARD)
+	$(VENV)/bin/cvbench suite demo --leaderboard $(DEMO_LEADERBOARD) --show --no-progress
 
 test: venv
 	$(VENV)/bin/ruff check cvbench baselines deep tests

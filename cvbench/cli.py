@@ -115,6 +115,8 @@ def cmd_suite(args) -> int:
           f"{report.skipped_gpu} GPU-only skipped, {len(report.failed)} failed in "
           f"{report.wall_s:.1f} s")
     print(f"leaderboard: {index} (task page: {index.parent / (args.task + '.md')})")
+    if args.show:
+        _show(args.task, index.parent)
     if report.failed:
         for name, why in report.failed:
             print(f"  failed: {name}: {why}", file=sys.stderr)
@@ -131,6 +133,22 @@ def _result_line(rec) -> str:
     return (f"{rec.task} {rec.method} {point or ''}: accuracy {m['accuracy']:.4f} "
             f"[{ci[0]:.4f}, {ci[1]:.4f}]{extra}; fit {rec.timings['fit_s']:.2f} s, "
             f"predict {rec.timings['predict_s']:.2f} s")
+
+
+def _show(task_name: str, root: Path) -> None:
+    """Print every method's row of a task (what its page leads with)."""
+    from .report import Page, fmt_row_metric, fmt_seconds, label_rows, row_label
+    from .results import load_records
+    from .tasks import get_task
+
+    task = get_task(task_name)
+    page = Page(task, [r for r in load_records(task.name, root) if not r.quick] or load_records(task.name, root),
+                [], root)
+    rows = label_rows(page)
+    width = max([len(row_label(r)) for r in rows] + [6])
+    print(f"\n{'method':<{width}}  {task.primary + ' [95% CI]':<40} runtime")
+    for r in rows:
+        print(f"{row_label(r):<{width}}  {fmt_row_metric(r, task.primary):<40} {fmt_seconds(r.run_seconds(page))}")
 
 
 def cmd_run(args) -> int:
@@ -254,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="list the runs and whether each is already recorded; run nothing")
     s.add_argument("--leaderboard", help="write records and pages here instead of leaderboard/")
+    s.add_argument("--show", action="store_true", help="print every method's result when done")
     s.set_defaults(fn=cmd_suite)
 
     r = sub.add_parser("run", parents=[common], help="run one method on one task")

@@ -260,8 +260,9 @@ def _diff_result(diff: float, samples: np.ndarray, alpha: float) -> dict[str, fl
 
 
 def paired_bootstrap_diff(
-    correct_a: Any, correct_b: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
-) -> dict[str, float]:
+    correct_a: Any, correct_b: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+    samples: bool = False,
+) -> dict[str, Any]:
     """Accuracy difference a - b of two runs on the same test items, with a paired bootstrap
     interval and p-value: {"diff", "lo", "hi", "p_value"}.
 
@@ -273,12 +274,15 @@ def paired_bootstrap_diff(
         raise ValueError(f"paired runs need the same items: {len(a)} vs {len(b)}")
     n = len(a)
     if n == 0:
-        return {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_value": 1.0}
+        return {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p_value": 1.0, **({"samples": np.zeros(n_boot)} if samples else {})}
     # outcome cells: only a right, only b right (both/neither leave the difference unchanged)
     shares = np.array([np.sum(a & ~b), np.sum(~a & b), np.sum(a == b)]) / n
     counts = np.random.default_rng(seed).multinomial(n, shares, size=n_boot)
-    samples = (counts[:, 0] - counts[:, 1]) / n
-    return _diff_result(a.mean() - b.mean(), samples, alpha)
+    draws = (counts[:, 0] - counts[:, 1]) / n
+    out: dict[str, Any] = _diff_result(a.mean() - b.mean(), draws, alpha)
+    if samples:  # the resampled differences themselves (to pool several test sets)
+        out["samples"] = draws
+    return out
 
 
 def unpaired_bootstrap_diff(

@@ -81,8 +81,7 @@ class FitGroup:
 @dataclass
 class Plan:
     task: Task
-    train: Split
-    test: Split
+    splits: dict[int, tuple[Split, Split]]  # by split seed (0 unless the task splits by seed)
     device: str
     groups: list[FitGroup]
     skipped_gpu: list[RunSpec] = field(default_factory=list)
@@ -91,10 +90,29 @@ class Plan:
     def runs(self) -> list[PlannedRun]:
         return [r for g in self.groups for r in g.runs]
 
+    def data(self, seed: int) -> tuple[Split, Split]:
+        """(train, test) a run with this seed uses."""
+        return self.splits[split_seed(self.task, seed)]
+
+    @property
+    def train(self) -> Split:
+        return next(iter(self.splits.values()))[0]
+
+    @property
+    def test(self) -> Split:
+        return next(iter(self.splits.values()))[1]
+
+
+def split_seed(task: Task, seed: int) -> int:
+    """The seed of the train/test split a run uses: its own seed when the task draws the
+    split (hotelid's per-hotel hold-out: several seeds = several hold-out splits), else 0."""
+    return seed if task.split_by_seed else 0
+
 
 def load_task_splits(task: Task, options: RunOptions, seed: int = 0) -> tuple[Split, Split]:
-    """The task's (train, test); with quick, a seeded per-class subset of each."""
-    train, test = task.load_splits(options.data_dir, seed=0, skip_bad=options.skip_bad)
+    """The task's (train, test) (drawn with `seed` where the task's split is drawn); with
+    quick, a per-class subset of each."""
+    train, test = task.load_splits(options.data_dir, seed=split_seed(task, seed), skip_bad=options.skip_bad)
     if options.skip_bad:
         train, test = drop_unreadable(train), drop_unreadable(test)
     if options.quick:
@@ -145,14 +163,16 @@ def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
         log(f"skipping {len(skipped)} GPU-protocol run(s) on the CPU: {'; '.join(labels)} "
             f"(run with --device cuda on a GPU machine)")
     specs = [s for s in specs if s not in skipped]
-    train, test = splits or load_task_splits(task, options, seed=0)
-    context = {"n_train": len(train)}
+    data: dict[int, tuple[Split, Split]] = {}
+    for s in sorted({split_seed(task, spec.seed) for spec in specs} or {0}):
+        data[s] = splits or load_task_splits(task, options, seed=s)
     done = set() if options.force else completed_keys(task.name, _root(options))
     groups: dict[str, FitGroup] = {}
     for spec in specs:
+        train, test = data[split_seed(task, spec.seed)]
         _check_conditions(task, spec)
         method = build_method(spec, device, options.n_jobs)
-        method.validate(context)
+        method.validate({"n_train": len(train)})
         kp = key_params(method)
         key = run_key(task.name, [train.fingerprint, test.fingerprint], spec.method, kp, spec.seed,
                       options.quick, spec.conditions or None)
@@ -161,10 +181,12 @@ def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
         group = groups.setdefault(fit_id, FitGroup(spec.method, spec.params, spec.seed, train_cond))
         if not any(r.key == key for r in group.runs):
             group.runs.append(PlannedRun(spec, key, key in done))
-    log(f"{task.name}: train {len(train)} / test {len(test)} images "
+    train, test = next(iter(data.values()))
+    more = f" (x{len(data)} seeded splits)" if len(data) > 1 else ""
+    log(f"{task.name}: train {len(train)} / test {len(test)} images{more} "
         f"({test.meta.get('variant', '')}){' [quick]' if options.quick else ''}; "
         f"{sum(len(g.runs) for g in groups.values())} run(s) on {device}")
-    return Plan(task, train, test, device, list(groups.values()), skipped)
+    return Plan(task, data, device, list(groups.values()), skipped)
 
 
 def _root(options: RunOptions):
@@ -225,7 +247,8 @@ def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunO
     known = task.conditions
     first = runs[0].spec
     method = build_method(first, plan.device, options.n_jobs)
-    train = apply_train(plan.train, group.train_conditions, known, group.seed)
+    base_train, base_test = plan.data(group.seed)
+    train = apply_train(base_train, group.train_conditions, known, group.seed)
     augment = None
     if train.augment is not None:
         aug = train.augment
@@ -246,13 +269,13 @@ def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunO
     records = []
     for i, run in enumerate(runs):
         _, test_cond = split_conditions(run.spec.conditions, known)
-        test = apply_test(plan.test, test_cond, known, run.spec.seed)
+        test = apply_test(base_test, test_cond, known, run.spec.seed)
         with threadpool_limits(limits=options.blas_threads):
             t1 = time.perf_counter()
             out = Scores.of(method.predict_scores(test))
             predict_s = time.perf_counter() - t1
-        record = _record(task, plan, run, method, train, test, out, fit_info, fit_s, predict_s,
-                         started, load_before, options, fit_reused=i > 0)
+        record = _record(task, (base_train, base_test), run, method, train, test, out, fit_info,
+                         fit_s, predict_s, started, load_before, options, plan.device, fit_reused=i > 0)
         if augment:
             record.data["train_augment"] = augment
         if options.save and env.is_main_process():
@@ -261,9 +284,9 @@ def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunO
     return records
 
 
-def _record(task: Task, plan: Plan, run: PlannedRun, method: Method, train: Split, test: Split,
-            out: Scores, fit_info: dict, fit_s: float, predict_s: float, started: str,
-            load_before, options: RunOptions, fit_reused: bool) -> RunRecord:
+def _record(task: Task, base: tuple[Split, Split], run: PlannedRun, method: Method, train: Split,
+            test: Split, out: Scores, fit_info: dict, fit_s: float, predict_s: float, started: str,
+            load_before, options: RunOptions, device: str, fit_reused: bool) -> RunRecord:
     from .metrics import evaluate
 
     spec = run.spec
@@ -286,13 +309,15 @@ def _record(task: Task, plan: Plan, run: PlannedRun, method: Method, train: Spli
         info["fit_reused"] = "trained once for every test condition; fit time is the shared fit's"
     data = {
         "variant": test.meta.get("variant") or train.meta.get("variant") or task.name,
-        "train": plan.train.describe(),
-        "test": plan.test.describe(),
-        "bad_images_skipped": int(plan.train.meta.get("bad_images", 0)) + int(plan.test.meta.get("bad_images", 0)),
+        "train": base[0].describe(),
+        "test": base[1].describe(),
+        "bad_images_skipped": int(base[0].meta.get("bad_images", 0)) + int(base[1].meta.get("bad_images", 0)),
     }
-    if train.fingerprint != plan.train.fingerprint:
+    if task.split_by_seed:
+        data["split_seed"] = split_seed(task, run.spec.seed)
+    if train.fingerprint != base[0].fingerprint:
         data["train_used"] = train.describe()
-    if test.fingerprint != plan.test.fingerprint:
+    if test.fingerprint != base[1].fingerprint:
         data["test_used"] = test.describe()
     uses_device = "device" in method.get_params(deep=False)
     return RunRecord(
@@ -302,7 +327,7 @@ def _record(task: Task, plan: Plan, run: PlannedRun, method: Method, train: Spli
         quick=options.quick, data=data, metrics=metrics,
         predictions=_predictions(task, test, scores), timings=timings, info=info,
         budget=info.get("budget") or {},
-        device=env.device_info(plan.device if uses_device else "cpu"),
+        device=env.device_info(device if uses_device else "cpu"),
         versions=env.versions(), git=env.git_revision(), started=started,
         method_facts=method_facts(spec.method, method),
     )

@@ -440,3 +440,68 @@ def test_schema_1_records_migrate_with_conditions_and_new_keys(tmp_path):
     v1["params"].update(composition="natural", composition_total=7000)
     path.write_text(json.dumps(v1) + "\n")
     assert load_records("fairface", tmp_path)[0].conditions == {}
+
+
+def test_demo_target_writes_nothing_into_the_committed_leaderboard(tmp_path, capsys):
+    from cvbench.paths import leaderboard_dir, repo_root
+
+    recipe = (repo_root() / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "--leaderboard $(DEMO_LEADERBOARD)" in recipe and "--show" in recipe
+    scratch = tmp_path / "demo-leaderboard"
+    assert cli.main(["suite", "demo", "--quick", "--leaderboard", str(scratch), "--show",
+                     "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Tiny image k-NN" in out and "accuracy [95% CI]" in out
+    assert load_records("demo", scratch) and (scratch / "demo.md").is_file()
+    assert not results_path("demo", leaderboard_dir()).exists()
+
+
+def test_results_csv_round_trips_with_the_records(tmp_path):
+    import csv
+
+    path = _demo_suite(tmp_path, """
+        [[run]]
+        method = "test-nearest-mean"
+        label = "nearest mean"
+        params = { shrink = [0.0, 0.5] }
+        seeds = [0, 1]
+    """)
+    run_suite("demo", RunOptions(device="cpu", progress=False), path=path, log=lambda m: None)
+    index = render_all(tasks=[get_task("demo")])
+    rows = list(csv.DictReader(open(index.parent / "results.csv")))
+    assert len(rows) == 1  # one row per (task, variant, label): the chosen configuration
+    (row,) = rows
+    recs = {r.key: r for r in load_records("demo")}
+    keys = row["run_keys"].split()
+    assert len(keys) == 2 and all(k in recs for k in keys) and row["seeds"] == "0 1"
+    accs = [recs[k].metrics["accuracy"] for k in keys]
+    assert float(row["mean"]) == pytest.approx(np.mean(accs), abs=1e-6)
+    assert float(row["sd"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
+    assert row["test_selected"] == "True" and row["chosen_by"] == "test split"  # best of 2 shrinks
+    assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+
+
+def test_marks_best_over_seeds_epochs_and_compositions(tmp_path):
+    """† whenever a shown number was chosen on the test split; never for a single configuration."""
+    from cvbench.report import CHOSEN_MARK, Page, label_rows, row_label
+
+    def rec(key, acc, seed=0, label="x", **kw):
+        return _record(key, acc=acc, seed=seed, label=label, **kw)
+
+    page = Page(get_task("demo"), [
+        rec("a", 0.5, seed=0), rec("b", 0.7, seed=1),  # one configuration, two seeds: no choice
+        rec("c", 0.6, label="epochs", params={"epochs": 8}), rec("d", 0.8, label="epochs", params={"epochs": 16}),
+        rec("e", 0.3, label="mix", conditions={"composition": "biased"}),
+        rec("f", 0.4, label="mix", conditions={"composition": "balanced"}),
+    ], [], tmp_path)
+    rows = {r.label: r for r in label_rows(page)}
+    assert row_label(rows["x"]) == "x" and rows["x"].mean("accuracy") == pytest.approx(0.6)
+    assert rows["epochs"].best.params["epochs"] == 16 and row_label(rows["epochs"]).endswith(CHOSEN_MARK)
+    assert rows["mix"].best.conditions["composition"] == "balanced" and rows["mix"].test_selected
+    # chosen on validation where every configuration has a validation score: no mark
+    page = Page(get_task("demo"), [
+        rec("g", 0.9, label="v", params={"C": 1}, info={"validation": {"score": 0.6}}),
+        rec("h", 0.8, label="v", params={"C": 2}, info={"validation": {"score": 0.7}}),
+    ], [], tmp_path)
+    (row,) = label_rows(page)
+    assert row.best.params["C"] == 2 and row.chosen_by == "validation" and not row.test_selected

@@ -261,7 +261,7 @@ def test_two_by_two_on_the_fixture(tmp_path, fixture_2022):
     assert all("one augmented copy" in r.data["train_augment"]["how"] for r in trained)
     assert sum("fit_reused" in r.info for r in recs) == 2
     page = render_task(task, recs, tmp_path)
-    assert "No real Hotel-ID run exists yet" in page
+    assert "No run on real photographs exists yet" in page
     table = page[page.index("### tiny k-NN 2x2"):]
     assert "| without masks | top-1" in table and "| with masks | top-1" in table
     assert "not run" not in table.split("## Running")[0]
@@ -285,7 +285,7 @@ def test_page_marks_missing_cells_and_keeps_real_runs_apart(tmp_path):
     real = "real listing photos, 14 hotels (not Hotel-ID 2022)"
     page = section_occlusion(Page(get_task("hotelid"), [rec("none", "none", real, 0.5), rec("masks", "none", real, 0.25),
                                   rec("none", "none", "GENERATED FIXTURE (x)", 0.125)], [], tmp_path))
-    assert "No real Hotel-ID run exists yet" not in page
+    assert "No run on real photographs exists yet" not in page
     assert "2 runs on real photographs; 1 on the generated fixture" in page
     real_part = page[page.index("### Real photographs"):page.index("### Generated fixture")]
     assert "top-1 0.500" in real_part and "top-1 0.250" in real_part and "0.125" not in real_part
@@ -352,3 +352,25 @@ def test_map5_interval_shrinks_with_more_queries():
         lo, hi = bootstrap_mean(rr, seed=0)
         widths.append(hi - lo)
     assert widths[0] > widths[1] > widths[2] > 0
+
+
+def test_seeds_draw_the_hold_out_and_the_page_pools_them(tmp_path, fixture_2022):
+    """hotelid splits by seed: two seeds = two hold-out splits (two data fingerprints); the
+    2x2 cell shows the mean ± sd over them."""
+    from cvbench.leaderboard import render_task
+    from cvbench.results import load_records
+    from cvbench.run import RunOptions, execute, plan_runs
+    from cvbench.suite import RunSpec
+    from cvbench.tasks import get_task
+
+    task = get_task("hotelid")
+    options = RunOptions(data_dir=str(fixture_2022.parent), progress=False)
+    specs = [RunSpec("tiny-knn", {"size": 8, "k": 1}, seed=s, label="tiny",
+                     conditions={"train_occlusion": "none", "test_occlusion": "none"}) for s in (0, 1)]
+    plan = plan_runs(task, specs, options, log=lambda m: None)
+    assert set(plan.splits) == {0, 1} and plan.data(0)[1].fingerprint != plan.data(1)[1].fingerprint
+    execute(plan, options, log=lambda m: None)
+    recs = load_records("hotelid")
+    assert sorted(r.data["split_seed"] for r in recs) == [0, 1]
+    page = render_task(task, recs, tmp_path)
+    assert "seeds 0, 1" in page and "top-1" in page and " ± " in page

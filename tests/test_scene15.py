@@ -154,7 +154,7 @@ def page_sections(records, folder):
 
 def test_page_section_sets_runs_beside_the_study(tmp_path):
     tiny = dict(size=16, crop=False, zero_mean=True, norm="l1", metric="l1", weighted=False)
-    bow = dict(classifier="knn", vocab_size=400, pyramid_levels=0, encoding="hard")
+    bow = dict(classifier="knn", vocab_size=400, pyramid_levels=0, encoding="hard", hist_norm="l1", metric="l1")
     records = [
         _record("tiny-knn", "Tiny grid", 0.1111, "2026-01-01", k=1, **tiny),
         _record("tiny-knn", "Tiny grid", 0.2147, "2026-01-02", k=1, **tiny),  # latest wins
@@ -169,4 +169,9 @@ def test_page_section_sets_runs_beside_the_study(tmp_path):
     assert "| ours: Tiny grid | 0.2147 | – | – | – | 0.2187 |" in md
     assert "0.9999" not in md and "0.7000" not in md  # other settings are not comparable
     assert "ours: BoW, step 4" in md and "0.6011" in md
+    assert md.index("the study's pipeline") < md.index("0.6011")
+    hellinger = _record("bow-sift", "BoW sqrt", 0.6677, "2026-01-02", k=8, step=4, **{**bow, "hist_norm": "sqrt"})
+    md = page_sections(records + [hellinger], tmp_path)
+    ours = md[md.index("our improvement, not the study's setting"):]
+    assert "0.6677" in ours and "0.6677" not in md[:md.index("our improvement")]
     assert page_sections([], tmp_path) == ""

@@ -69,6 +69,7 @@ class Task:
     primary: str
     notes: str = ""
     val_group_key: str | None = None
+    split_by_seed: bool = False
     quick_limit: tuple[int, int] = (20, 10)
     extra_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sections: tuple[str, ...] = ()
@@ -160,6 +161,7 @@ def _task_from_config(name: str) -> Task:
         classes=tuple(str(x) for x in classes) if isinstance(classes, list) else classes,
         metrics=tuple(c.get("metrics", ())), primary=c.get("primary", "accuracy"),
         notes=c.get("notes", ""), val_group_key=proto.pop("val_group_key", None),
+        split_by_seed=bool(proto.pop("split_by_seed", False)),
         quick_limit=(int(quick[0]), int(quick[1])),
         extra_labels={k: tuple(str(x) for x in v) for k, v in c.get("extra_labels", {}).items()},
         sections=tuple(c.get("report", {}).get("sections", ())),

@@ -20,6 +20,16 @@ def _f(x, digits: int = 3) -> str:
     return fmt(None if x is None else float(x), digits)
 
 
+def _ran(info: dict, budget: dict) -> str:
+    """What training actually did: steps, and epochs (a run stopped inside its first epoch by a
+    time budget shows its steps, not '1/30 epochs')."""
+    steps, run, planned = info.get("steps"), budget.get("epochs_run"), budget.get("epochs")
+    text = f"{steps:,} steps" if isinstance(steps, int) else "–"
+    if run is not None and planned is not None:
+        text += f" ({run} of {planned} planned epochs begun)" if budget.get("stopped_early") else f" ({run} epochs)"
+    return text
+
+
 def section_budgets(page: Page) -> str:
     deep = [r for r in page.records if r.family == "deep"]
     if not deep:
@@ -31,16 +41,16 @@ def section_budgets(page: Page) -> str:
             r.label, r.method + (" (quick)" if r.quick else ""),
             f"{info.get('n_params', 0):,}" if info.get("n_params") else "–",
             budget.get("protocol", "–"),
-            f"{budget.get('epochs_run', '–')}/{budget.get('epochs', '–')}",
-            _f(info.get("wall_s"), 0), _f(info.get("train_images_per_s"), 0),
+            _ran(info, budget),
+            _f(r.fit_seconds, 0), _f(info.get("train_images_per_s"), 0),
             r.device_name or "–", _f(r.metric("accuracy")),
         ])
     return ("## Training budgets of the deep runs\n\n"
             "The studies trained for 200 epochs on a GPU; runs here state their own budget. "
             "A CPU run of a few epochs or minutes measures that budget, not the studies' "
             "protocol.\n\n" + md_table(
-                ["run", "method", "params", "protocol", "epochs run", "wall s", "train img/s",
-                 "device", "test accuracy"], rows))
+                ["run", "method", "params", "protocol", "training done", "training s (all sessions)",
+                 "train img/s", "device", "test accuracy"], rows))
 
 
 def section_claims(page: Page) -> str:

@@ -14,7 +14,10 @@ STUDY_BOW_STEP = {1: 0.6120, 3: 0.5833, 5: 0.5453}  # at k=8
 # The study's settings: which records are comparable with its tables.
 _TINY_STUDY = {"size": 16, "crop": False, "zero_mean": True, "norm": "l1", "metric": "l1",
                "weighted": False}
-_BOW_STUDY = {"classifier": "knn", "vocab_size": 400, "pyramid_levels": 0, "encoding": "hard"}
+_BOW_STUDY = {"classifier": "knn", "vocab_size": 400, "pyramid_levels": 0, "encoding": "hard",
+              "hist_norm": "l1", "metric": "l1"}  # the study's exact pipeline
+_BOW_OURS = {"classifier": "knn", "vocab_size": 400, "pyramid_levels": 0, "encoding": "hard",
+             "hist_norm": "sqrt"}  # our improvement: Hellinger histograms
 
 def _matching(records: list[RunRecord], method: str, fixed: dict) -> list[RunRecord]:
     """`method` runs whose parameters include the study's settings `fixed`."""
@@ -46,14 +49,16 @@ def section_study(page: Page) -> str:
         rows += [_row(f"ours: {label}", accs, ks) for (label,), accs in sorted(tiny.items())]
         out.append("### Tiny-image k-NN against the study (16x16, zero mean, L1 norm, L1 metric)\n")
         out.append(md_table(["k"] + [str(k) for k in ks], rows))
-    bow_recs = _matching(records, "bow-sift", _BOW_STUDY)
-    bow = _by(bow_recs, "step")
-    if bow:
+    for fixed, title in ((_BOW_STUDY, "the study's pipeline: L1 histograms, L1 metric, 400 words, no pyramid"),
+                         (_BOW_OURS, "our improvement, not the study's setting: Hellinger histograms, 400 words")):
+        bow = _by(_matching(records, "bow-sift", fixed), "step")
+        if not bow:
+            continue
         ks = sorted(set(STUDY_BOW_K).union(*bow.values()))
         rows = [_row("study, step 1 (reported)", STUDY_BOW_K, ks)]
         rows += [_row(f"ours: {label}, step {step}", accs, ks)
                  for (label, step), accs in sorted(bow.items(), key=str)]
-        out.append("### Bag of dense SIFT + k-NN against the study (400 words, no pyramid)\n")
+        out.append(f"### Bag of dense SIFT + k-NN against the study ({title})\n")
         out.append(md_table(["k"] + [str(k) for k in ks], rows))
         at8: dict[str, dict] = {}
         for (label, step), accs in bow.items():
@@ -69,7 +74,9 @@ def section_study(page: Page) -> str:
         return ""
     head = ("## Against the source study\n\nStudy numbers are the accuracies the course homework "
             "reports (SEEDS.md); ours are test-split results of the runs above (suite block label; "
-            "the latest run per setting) with the study's settings.\n\n")
+            "the latest run per setting). Only the first bag-of-SIFT table is at the study's exact "
+            "pipeline; every k of these tables is a sweep scored on the test split, as the study's "
+            "tables are.\n\n")
     return head + "\n".join(out)
 
 
