@@ -6,14 +6,18 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint leaderboard vlfeat clean
+.PHONY: venv venv-unlocked lock demo test bench lint leaderboard vlfeat clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# Installs the tested versions of every package from requirements.lock (pinned, with hashes),
+# then the project itself. `make venv-unlocked` resolves from pyproject.toml instead, and
+# `make lock` rewrites the lock from that environment (see scripts/lock.py).
+$(STAMP): pyproject.toml constraints.txt requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained]"
+	$(PIP) install -q --require-hashes --no-deps -r requirements.lock
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@$(MAKE) --no-print-directory vlfeat || echo "cvbench: cyvlfeat not installed; dense SIFT uses the numpy re-implementation of VLFeat's dsift"
 	@touch $(STAMP)
 
@@ -34,6 +38,14 @@ vlfeat:
 # The demo runs for real on every call, into a scratch leaderboard, so the committed pages stay
 # as they are (DEMO_LEADERBOARD=leaderboard make demo writes into the committed one).
 DEMO_LEADERBOARD ?= .cache/demo-leaderboard
+venv-unlocked:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained]"
+
+lock:
+	$(PY) scripts/lock.py
+
 demo: venv
 	rm -rf $(DEMO_LEADERBOARD)
 	$(VENV)/bin/cvbench suite demo --leaderboard $(DEMO_LEADERBOARD) --show --no-progress
