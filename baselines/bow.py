@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
+from cvbench.cache import CORRUPT, CacheCorrupt, discard
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.paths import cache_dir
@@ -113,11 +114,15 @@ class DescriptorStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        idx = np.load(self.path / "index.npz")
-        self.offsets = idx["offsets"]
-        self.shapes = idx["shapes"]
+        with np.load(self.path / "index.npz") as idx:
+            self.offsets = idx["offsets"]
+            self.shapes = idx["shapes"]
         n = int(self.offsets[-1])
         self.n_descriptors = n
+        for name, width in (("desc.u8", 128), ("frames.f32", 12)):
+            size = (self.path / name).stat().st_size
+            if size != n * width:
+                raise CacheCorrupt(f"{name} holds {size} bytes, the index says {n * width}")
         self.desc = np.memmap(self.path / "desc.u8", np.uint8, "r", shape=(n, 128)) if n else np.zeros((0, 128), np.uint8)
         self.frames = np.memmap(self.path / "frames.f32", np.float32, "r", shape=(n, 3)) if n else np.zeros((0, 3), np.float32)
 
@@ -144,7 +149,10 @@ def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", 
     """The split's descriptor store: cached, freshly built (if it fits the budget), or None."""
     path = _store_dir(split, p)
     if (path / "index.npz").is_file():
-        return DescriptorStore(path)
+        try:
+            return DescriptorStore(path)
+        except CORRUPT as exc:
+            discard(path, exc)
     if not build or len(split) == 0:
         return None
     frames0, _, _ = _extract(split, 0, p)
@@ -268,8 +276,8 @@ def cached_matrix(path: Path, compute) -> tuple[np.ndarray, bool]:
     if path.is_file():
         try:
             return np.load(path, allow_pickle=False), True
-        except (OSError, ValueError):
-            pass
+        except CORRUPT as exc:
+            discard(path, exc)
     arr = compute()
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)

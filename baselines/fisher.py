@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
+from cvbench.cache import CORRUPT, discard
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.paths import cache_dir
@@ -263,8 +264,8 @@ class FisherSift(Method):
         if path.is_file():
             try:
                 return FisherModel.from_bytes(path.read_bytes()), True, {}
-            except (OSError, ValueError, KeyError):
-                pass
+            except CORRUPT as exc:
+                discard(path, exc)
         t0 = time.perf_counter()
         sample, _ = sample_descriptors(split, pv, int(self.vocab_sample), int(self.seed), self.n_jobs,
                                        self.joblib_backend, build_store=pv.step == p.step)

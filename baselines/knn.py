@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from cvbench.cache import CORRUPT, discard
 from cvbench.errors import UserError
 
 METRICS = ("l1", "l2", "cosine", "chi2")
@@ -167,7 +168,8 @@ class _NeighbourCache:
                 try:
                     with np.load(path) as z:
                         hit = (z["idx"], z["dist"])
-                except (OSError, ValueError, KeyError):
+                except CORRUPT as exc:
+                    discard(path, exc)
                     hit = None
                 if hit is not None and hit[0].shape[1] >= k:
                     self._put_mem(key, hit)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cvbench.cache import CORRUPT, CacheCorrupt, discard
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.split import Split
@@ -150,9 +151,10 @@ def _load_disk(key: str, n: int, size: int) -> np.ndarray | None:
         return None
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    if arr.shape != (n, size, size) or arr.dtype != np.float32:
+        if arr.shape != (n, size, size) or arr.dtype != np.float32:
+            raise CacheCorrupt(f"shape {arr.shape} {arr.dtype}, expected {(n, size, size)} float32")
+    except CORRUPT as exc:
+        discard(path, exc)
         return None
     arr.setflags(write=False)
     return arr

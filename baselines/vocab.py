@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
+from cvbench.cache import CORRUPT, discard
 from cvbench.errors import UserError
 from cvbench.paths import cache_dir
 
@@ -100,7 +101,8 @@ def load_vocabulary(key: str) -> np.ndarray | None:
         return None
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    except CORRUPT as exc:
+        discard(path, exc)
         return None
 
 

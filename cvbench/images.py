@@ -63,6 +63,8 @@ def load_image(
                 size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
                 im = im.resize(size, Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8).copy()
+    except Image.DecompressionBombError as exc:  # a header claiming an absurd size
+        raise BadImageError(path, f"refused: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
 

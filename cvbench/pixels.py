@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from .cache import CORRUPT, discard
 from .errors import BadImageError
 from .paths import cache_dir
 
@@ -89,9 +89,8 @@ def split_pixels(split, size: int, mode: str = "rgb", n_jobs: int | None = None)
             if arr.shape == expected and arr.dtype == np.uint8:
                 return arr
             raise ValueError(f"shape {arr.shape}, expected {expected}")
-        except (OSError, ValueError, EOFError) as exc:
-            print(f"cvbench: cache file {path} is corrupt ({exc}); recomputing it", file=sys.stderr)
-            path.unlink(missing_ok=True)
+        except CORRUPT as exc:
+            discard(path, exc)
     arr = decode_split(split, size, n_jobs)
     if mode == "gray":
         arr = _gray(arr)
@@ -140,8 +139,8 @@ def augmented_split(split, apply, seed: int, tag: str, name: str | None = None,
             stat = json.loads(manifest.read_text())
             if len(stat) != len(paths):
                 raise ValueError("length mismatch")
-        except ValueError as exc:
-            print(f"cvbench: cache file {manifest} is corrupt ({exc}); recomputing it", file=sys.stderr)
+        except CORRUPT as exc:
+            discard(manifest, exc)
             stat = None
     if stat is None:
         stat = []

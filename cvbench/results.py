@@ -316,6 +316,9 @@ def load_records(task: str, root: Path | None = None, warn=None) -> list[RunReco
     path = results_path(task, root)
     if not path.exists():
         return []
+    if any(path.parent.glob(f".{path.name}.*.tmp")):
+        with _locked(path):  # under the lock no live writer owns one: a killed writer's copy
+            _remove_stale_temps(path)
     warn = warn or (lambda msg: print(f"cvbench: {msg}", file=sys.stderr))
     by_key: dict[str, RunRecord] = {}
     for lineno, line in read_lines(path):

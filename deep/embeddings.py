@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from cvbench.cache import CORRUPT, discard
 from cvbench.errors import UserError
 from cvbench.split import Split
 
@@ -173,7 +174,8 @@ class EmbeddingStore:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     keys, emb = z["keys"], z["emb"]
-            except (OSError, ValueError, KeyError):  # half-copied or foreign file: ignore
+            except CORRUPT as exc:  # truncated or foreign shard: recomputed
+                discard(path, exc)
                 continue
             self._loaded.add(path.name)
             self._append(keys, emb)

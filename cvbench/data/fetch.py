@@ -107,7 +107,12 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
                 zf.extractall(staging)
         else:
             raise DataError(f"{archive} is neither a tar nor a zip archive")
-        # move the extracted tree into place file by file (same filesystem: renames)
+        # move the extracted tree into place file by file (same filesystem: renames); copytree
+        # copies the root's mode onto dest, so give the staging folder an ordinary one first
+        # (mkdtemp makes it 0700, which would lock others out of an existing data folder)
+        from cvbench.atomic import _UMASK
+
+        os.chmod(staging, 0o777 & ~_UMASK)
         shutil.copytree(staging, dest, dirs_exist_ok=True, copy_function=os.replace)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot extract {archive}: {exc}") from None

@@ -70,8 +70,18 @@ def _batch_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = read_batch(path)
     if "data" not in batch or not ({"labels", "fine_labels"} & set(batch)):
         raise DataError(f"CIFAR batch {path} has keys {sorted(batch)}; expected 'data' and 'labels'")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    try:
+        raw_data = np.asarray(batch["data"])
+        labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"CIFAR batch {path}: unreadable data or labels ({exc})") from None
+    if raw_data.dtype.kind not in "ui" or (raw_data.size and (raw_data.min() < 0 or raw_data.max() > 255)):
+        bad = raw_data.max() if raw_data.dtype.kind in "ui" and raw_data.size else raw_data.dtype
+        raise DataError(f"CIFAR batch {path}: pixel value {bad} is not a byte (0..255)")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        bad = int(labels[(labels < 0) | (labels >= len(CLASSES))][0])
+        raise DataError(f"CIFAR batch {path}: label {bad} is not a class index 0..{len(CLASSES) - 1}")
+    data = raw_data.astype(np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise DataError(
             f"CIFAR batch {path}: data shape {data.shape} with {len(labels)} labels; expected (N, 3072) and N labels"
@@ -125,7 +135,7 @@ def _read_folder_split(folder: Path, side: str, classes: tuple[str, ...] | None,
     if classes is None:
         found = sorted(p.name for p in base.iterdir() if p.is_dir())
         classes = CLASSES if set(found) == set(CLASSES) else tuple(found)
-    images, labels, bad = [], [], 0
+    images, labels, bad, bad_paths = [], [], 0, []
     from cvbench.errors import BadImageError
 
     for c, name in enumerate(classes):
@@ -138,6 +148,7 @@ def _read_folder_split(folder: Path, side: str, classes: tuple[str, ...] | None,
                 if not skip_bad:
                     raise
                 bad += 1
+                bad_paths.append(str(path))
                 continue
             if img.shape[:2] != (32, 32):
                 import cv2
@@ -149,7 +160,7 @@ def _read_folder_split(folder: Path, side: str, classes: tuple[str, ...] | None,
         raise DataError(f"no images under {base}/<class>/*.png|jpg; expected the CIFAR-10 image-folder layout")
     x = np.stack(images).astype(np.uint8)
     split = Split(items=x, labels=np.asarray(labels), classes=classes, name=f"cifar10/{side}",
-                  root=str(folder), meta={"layout": "image-folder", "bad_images": bad})
+                  root=str(folder), meta={"layout": "image-folder", "bad_images": bad, **({"bad_paths": bad_paths[:100]} if bad else {})})
     return split, bad
 
 

@@ -56,7 +56,7 @@ def read_mask(path: str | Path, max_side: int | None = 256) -> np.ndarray:
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 alpha = np.asarray(im.convert("RGBA"))[..., 3]
             gray = np.asarray(im.convert("L"), dtype=np.int16)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImageError(path, f"unreadable occlusion mask: {exc}") from None
     if alpha is not None and alpha.min() != alpha.max():
         mask = alpha > 127

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from cvbench.atomic import atomic_open
+from cvbench.cache import CORRUPT, CacheCorrupt, discard
 from cvbench.errors import BadImageError
 from cvbench.images import to_gray
 from cvbench.paths import cache_dir
@@ -158,8 +159,14 @@ def exposure_screen(split: Split, max_side: int = 256, skip_bad: bool = True) ->
         return np.array([exposure_status(split.items[i]) for i in range(len(split))], dtype=object)
     path = _cache_path("exposure", split.cache_key, {"max_side": max_side})
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            return z["status"].astype(object)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                status = z["status"].astype(object)
+            if len(status) != len(split):
+                raise CacheCorrupt(f"{len(status)} entries for {len(split)} images")
+            return status
+        except CORRUPT as exc:
+            discard(path, exc)
     status = []
     for i in range(len(split)):
         try:
@@ -196,10 +203,17 @@ def prepare_fundus(split: Split, size: int, mode: str = "crop", threshold: int =
                         for i in range(len(split))]) if len(split) else np.zeros((0, size, size, 3), np.uint8)
         return replace(split, items=arr, meta=meta, fingerprint="")
     path = _cache_path("prepared", split.cache_key, params)
+    arr = None
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            arr, bad = z["images"], int(z["bad"])
-    else:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arr, bad = z["images"], int(z["bad"])
+            if arr.shape != (len(split), size, size, 3):
+                raise CacheCorrupt(f"shape {arr.shape}, expected {(len(split), size, size, 3)}")
+        except CORRUPT as exc:
+            discard(path, exc)
+            arr = None
+    if arr is None:
         out, bad = [], 0
         for i in range(len(split)):
             try:

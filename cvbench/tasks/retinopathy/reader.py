@@ -143,7 +143,7 @@ def _image_size_note(paths: list[Path], k: int = 8) -> str:
         try:
             with Image.open(p) as im:
                 sizes.add(im.size)
-        except OSError:
+        except (OSError, Image.DecompressionBombError):  # bad files surface when decoded
             continue
     if sizes == {(256, 256)}:
         return ("; images are copies pre-resized to 256x256 (aspect not kept) and colour-processed "
