@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv venv-unlocked lock demo test bench lint leaderboard vlfeat clean
+.PHONY: venv venv-unlocked lock gpu-pack gpu-rehearsal demo test bench lint leaderboard vlfeat clean
 
 venv: $(STAMP)
 
@@ -59,6 +59,16 @@ test: venv
 
 bench: venv
 	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable
+
+# The studies' GPU protocols (every suite's gpu_only block): pack the data that travels to a
+# GPU machine, then run there `python3 scripts/gpu_protocols.py run --out OUT` (see that file);
+# `make gpu-rehearsal` runs the same command on this CPU with the suites' --quick overrides.
+gpu-pack: venv
+	$(PY) scripts/gpu_protocols.py pack --data-dir $${CVBENCH_DATA:-../shared/data} --dest .gpu-pack
+
+gpu-rehearsal: venv
+	$(PY) scripts/gpu_protocols.py run --device cpu --quick --data-dir $${CVBENCH_DATA:-../shared/data} \
+	  --out .cache/gpu-rehearsal --block-limit-s 20
 
 leaderboard: venv
 	$(VENV)/bin/cvbench leaderboard

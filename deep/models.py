@@ -34,8 +34,6 @@ import numbers
 import operator
 import os
 import re
-import socket
-import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,20 +296,10 @@ _DENSENET_OLD_KEY = re.compile(
 )
 
 
-def _download(url: str, dst: Path) -> None:
-    """Fetch `url` to `dst` through torch.hub (urllib), with a socket timeout so offline
-    machines fail quickly instead of hanging."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)
-    try:
-        torch.hub.download_url_to_file(url, str(dst), progress=False)
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def imagenet_weights_path(name: str, batch_norm: bool = False) -> Path:
-    """Where torch.hub caches `name`'s ImageNet checkpoint (downloading it when missing);
-    `batch_norm` picks torchvision's vgg16_bn weights for `vgg16(batch_norm=True)`."""
+    """`name`'s ImageNet checkpoint (torchvision's file name) in $CVBENCH_WEIGHTS or torch.hub's
+    checkpoint folder. Nothing is downloaded at run time: a missing file is one UserError
+    naming it. `batch_norm` picks torchvision's vgg16_bn weights for `vgg16(batch_norm=True)`."""
     spec = _spec(name)
     url = spec.imagenet_url
     if url and batch_norm:
@@ -319,18 +307,16 @@ def imagenet_weights_path(name: str, batch_norm: bool = False) -> Path:
     if not url:
         raise UserError(f"model {name!r}{' with batch_norm' if batch_norm else ''} has no "
                         "ImageNet weights; pass pretrained=None or a local state-dict path")
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if dst.is_file():
-        return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _download(url, dst)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise UserError(
-            f"cannot download ImageNet weights for {name!r} from {url} ({exc}); this "
-            f"machine looks offline: copy the file to {dst} or pass "
-            "pretrained='/path/to/weights.pth'") from exc
-    return dst
+    filename = os.path.basename(url)
+    places = [Path(p) / filename for p in os.environ.get("CVBENCH_WEIGHTS", "").split(os.pathsep) if p]
+    places.append(Path(torch.hub.get_dir()) / "checkpoints" / filename)
+    for path in places:
+        if path.is_file():
+            return path
+    raise UserError(
+        f"ImageNet weights for {name!r} are not on this machine: expected {filename} (from {url}) "
+        f"in $CVBENCH_WEIGHTS or {places[-1].parent}; cvbench never downloads weights at run "
+        "time: copy the file there, or pass pretrained='/path/to/weights.pth'")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import urllib.error
 
 import pytest
 import torch
@@ -183,18 +182,20 @@ def test_bad_values_are_user_errors():
         create_model("mynet", conv_bias="yes")
 
 
-def test_imagenet_weights_offline_fail_with_a_clear_sentence(tmp_path, monkeypatch):
+def test_missing_imagenet_weights_are_one_sentence_and_never_downloaded(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache
+    monkeypatch.delenv("CVBENCH_WEIGHTS", raising=False)
 
-    def offline(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    def no_network(url, dst, *args, **kwargs):
+        raise AssertionError("cvbench must not download weights at run time")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(UserError, match="cannot download ImageNet weights for 'resnet18'.*offline"):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(UserError, match="ImageNet weights for 'resnet18' are not on this machine: "
+                                         "expected resnet18-f37072fd.pth"):
         create_model("resnet18", num_classes=3, pretrained="imagenet")
     with pytest.raises(UserError, match="no ImageNet weights"):
         create_model("fastnet", pretrained="imagenet")
-    with pytest.raises(UserError, match="vgg16_bn-6c64b313.pth.*offline"):
+    with pytest.raises(UserError, match="expected vgg16_bn-6c64b313.pth .*never downloads"):
         create_model("vgg16", num_classes=3, width=0.125, hidden=8, batch_norm=True,
                      pretrained="imagenet")
 

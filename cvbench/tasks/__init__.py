@@ -117,12 +117,15 @@ class Task:
                 f"{self.layout}; set --data-dir or $CVBENCH_DATA, or run `cvbench data fetch {self.name}`"
             )
         train, test = self.module("reader").read(path, seed=seed, skip_bad=skip_bad)
+        packed = folder_description(path, "PACKED.md") if self.folder else None
         out = []
         for s in (train, test):
             if isinstance(self.classes, tuple) and s.classes != self.classes:
                 raise DataError(f"{s.name}: the reader returned classes {list(s.classes)[:5]}..., "
                                 f"but task.toml declares {list(self.classes)[:5]}...")
             meta = dict(s.meta)
+            if packed:  # a copy changed for transport (scripts/gpu_protocols.py pack) says so
+                meta["variant"] = f"{meta.get('variant', self.name)}; {packed}"
             if self.val_group_key:
                 meta["val_group_key"] = self.val_group_key
             extra = {k: v for k, v in self.extra_labels.items() if k in s.groups}
@@ -145,6 +148,18 @@ class Task:
         return (f"wrote a GENERATED FIXTURE ({self.fixture_note or 'synthetic images'}) in the "
                 f"{self.name} layout to {folder}; run it with `cvbench suite {self.name} "
                 f"--data-dir {folder.parent}`")
+
+
+def folder_description(folder: Path, name: str = "README.md") -> str | None:
+    """What a data folder says it holds: the `Variant: "..."` line of its README.md (or of
+    another note file), if any."""
+    note = Path(folder) / name
+    if not note.is_file():
+        return None
+    for line in note.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.strip().lower().startswith("variant:"):
+            return line.split(":", 1)[1].strip().strip('"').strip("'").strip() or None
+    return None
 
 
 def _task_from_config(name: str) -> Task:

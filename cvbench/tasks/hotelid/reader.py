@@ -25,7 +25,7 @@ import numpy as np
 from cvbench.errors import DataError
 from cvbench.images import is_image_file
 from cvbench.split import Split
-from cvbench.tasks import config
+from cvbench.tasks import config, folder_description
 
 FIXTURE_MARKER = "FIXTURE.md"
 FIXTURE_LABEL = "GENERATED FIXTURE (synthetic rooms, NOT Hotel-ID data)"
@@ -42,19 +42,6 @@ def detect_layout(folder: str | Path) -> str:
     if (folder / "train_images").is_dir():
         return "2022"
     raise DataError(f"{folder}: no Hotel-ID data found; expected {LAYOUT}")
-
-
-def folder_description(folder: Path) -> str | None:
-    """What a data folder says it holds: the `Variant: "..."` line of its README.md, if any
-    (e.g. real listing photos laid out like Hotel-ID, which are not Hotel-ID itself)."""
-    readme = Path(folder) / "README.md"
-    if not readme.is_file():
-        return None
-    for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip().lower().startswith("variant:"):
-            text = line.split(":", 1)[1].strip().strip('"').strip("'").strip()
-            return text or None
-    return None
 
 
 def _sort_ids(ids) -> list[str]:
