@@ -32,9 +32,10 @@ def test_pack_keeps_the_fingerprint_and_names_the_change(tmp_path):
     gp = _script()
     task = get_task("fairface")
     task.make_fixture(tmp_path / "src", size=24)
+    get_task("retinopathy").make_fixture(tmp_path / "src", n_patients=4, size=24)
     manifest = gp.pack(tmp_path / "src", tmp_path / "packed", fairface_quality=30, tasks=("fairface", "retinopathy"))
     assert "re-encoded as JPEG quality 30" in manifest["fairface"]["note"]
-    assert "densenet201" in manifest["retinopathy"]["skipped"]  # no source data here either way
+    assert "densenet201" in manifest["retinopathy"]["skipped"]  # its block needs ImageNet weights
     (tr0, te0), (tr1, te1) = task.load_splits(tmp_path / "src"), task.load_splits(tmp_path / "packed")
     assert (tr0.fingerprint, te0.fingerprint) == (tr1.fingerprint, te1.fingerprint)
     assert "re-encoded as JPEG quality 30" in te1.meta["variant"]
