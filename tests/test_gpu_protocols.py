@@ -28,7 +28,9 @@ def test_every_gpu_only_block_is_found():
     assert any("DenseNet-201" in label for label in found["retinopathy"])
 
 
-def test_pack_keeps_the_fingerprint_and_names_the_change(tmp_path):
+def test_pack_keeps_the_fingerprint_and_names_the_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-hub"))  # no ImageNet weights here
+    monkeypatch.delenv("CVBENCH_WEIGHTS", raising=False)
     gp = _script()
     task = get_task("fairface")
     task.make_fixture(tmp_path / "src", size=24)
