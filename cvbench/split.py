@@ -23,6 +23,18 @@ from .images import load_image, to_gray, to_rgb
 MAX_PIXELS_SIDE = 1024  # Split.pixels: larger arrays are a mistake, not a request
 
 
+def relative_name(path: Any, root: str | Path | None) -> bytes:
+    """The item's path relative to `root` (as given when outside it), as the bytes the file
+    system holds, so that any file name (UTF-8 or not) has one stable identity."""
+    p = Path(path)
+    if root is not None:
+        try:
+            p = p.relative_to(root)
+        except ValueError:
+            pass
+    return os.fsencode(p.as_posix())
+
+
 def fingerprint_of(items: Any, labels: np.ndarray, root: str | Path | None = None) -> str:
     """Hash of the item list (relative paths, or array bytes) plus labels; 16 hex chars."""
     h = hashlib.sha256()
@@ -31,13 +43,7 @@ def fingerprint_of(items: Any, labels: np.ndarray, root: str | Path | None = Non
         h.update(np.ascontiguousarray(items).tobytes())
     else:
         for p in items:
-            p = Path(p)
-            if root is not None:
-                try:
-                    p = p.relative_to(root)
-                except ValueError:
-                    pass
-            h.update(os.fsencode(p.as_posix()))  # any bytes a file name may hold
+            h.update(relative_name(p, root))
             h.update(b"\0")
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
@@ -148,17 +154,7 @@ class Split:
         """A stable id per item for records: the path relative to root, else the index."""
         if not (isinstance(self.items, np.ndarray) and self.items.dtype == object):
             return [str(i) for i in range(len(self))]
-        root = Path(self.root) if self.root else None
-        out = []
-        for p in self.items:
-            p = Path(p)
-            if root is not None:
-                try:
-                    p = p.relative_to(root)
-                except ValueError:
-                    pass
-            out.append(os.fsencode(p.as_posix()).decode("utf-8", "backslashreplace"))
-        return out
+        return [relative_name(p, self.root).decode("utf-8", "backslashreplace") for p in self.items]
 
     def aux_labels(self, key: str) -> np.ndarray:
         """Integer targets of extra label `key` (index into aux_classes[key]; -1 unknown)."""

@@ -32,6 +32,7 @@ from torch import nn
 
 from cvbench.errors import UserError
 from cvbench.methods import Method, register_method
+from cvbench.metrics import quadratic_weighted_kappa_fast
 from cvbench.params import Bool, Choice, Float, Int, Text
 from cvbench.split import Split, carve_validation
 from cvbench.tasks.retinopathy.fundus import PREPROCESS_MODES, prepare_fundus
@@ -77,19 +78,9 @@ def threshold_scores(values: torch.Tensor | np.ndarray, thresholds) -> torch.Ten
 
 
 def fast_qwk(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 5) -> float:
-    """Quadratic weighted kappa from a bincount confusion matrix: the same value as
-    cvbench.metrics.quadratic_weighted_kappa (sklearn), ~100x faster, for the optimiser's
-    inner loop. 0.0 where kappa is undefined."""
-    k = n_classes
-    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(np.float64)
-    n = cm.sum()
-    if n == 0:
-        return 0.0
-    idx = np.arange(k)
-    w = (idx[:, None] - idx[None, :]) ** 2
-    expected = np.outer(cm.sum(1), cm.sum(0)) / n
-    den = float((w * expected).sum())
-    return 0.0 if den == 0 else 1.0 - float((w * cm).sum()) / den
+    """Quadratic weighted kappa without sklearn, for the threshold optimiser's inner loop
+    (cvbench.metrics.quadratic_weighted_kappa_fast)."""
+    return quadratic_weighted_kappa_fast(y_true, y_pred, n_classes)
 
 
 def optimise_thresholds(y_true: np.ndarray, values: np.ndarray, n_classes: int = 5,
