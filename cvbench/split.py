@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -227,7 +228,12 @@ def carve_validation(
         train_idx, val_idx = next(cv.split(idx, split.labels, groups))
     else:
         counts = split.class_counts()
-        stratify = split.labels if counts[counts > 0].min() >= 2 else None
+        present = int((counts > 0).sum())
+        n_val = math.ceil(fraction * len(split))  # as StratifiedShuffleSplit counts it
+        # stratify when every class has 2 items and both sides can hold every class (e.g.
+        # not 14 hotels with 13 validation images); otherwise a seeded random carve
+        stratifiable = counts[counts > 0].min() >= 2 and min(n_val, len(split) - n_val) >= present
+        stratify = split.labels if stratifiable else None
         if stratify is None:
             rng = np.random.default_rng(seed)
             perm = rng.permutation(len(split))

@@ -343,8 +343,8 @@ def embed_split(split: Split, backbone: str = "efficientnet_lite0", size: int | 
                              precision, progress, cache) for b in names]
         info = {"backbone": backbone, "parts": [p[1] for p in parts],
                 "dim": int(sum(p[0].shape[1] for p in parts))}
-        for k in ("n", "cached", "extracted", "seconds"):
-            info[k] = parts[0][1][k] if k == "n" else sum(p[1][k] for p in parts)
+        for k in ("n", "cached", "extracted", "seconds", "total_seconds"):
+            info[k] = parts[0][1][k] if k == "n" else round(sum(p[1][k] for p in parts), 3)
         return np.hstack([p[0] for p in parts]), info
     _check("resize", resize, RESIZE_MODES)
     _check("tta", tta, TTA_MODES)

@@ -147,9 +147,18 @@ def lr_factor(schedule: str, progress: float, warmup_fraction: float = 0.0) -> f
     raise UserError(f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer over the model's trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: torch.nn.Module, config: TrainConfig,
+                    groups: list[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's trainable parameters, or over `groups`
+    (torch param groups; a group's "lr_scale" multiplies the schedule's lr for it, e.g. a
+    lower lr for a pretrained body than for its new head)."""
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if groups is not None:
+        params = [{"lr_scale": 1.0, **g, "params": [p for p in g["params"] if p.requires_grad]}
+                  for g in groups]
+        params = [g for g in params if g["params"]]
+        if not params:
+            raise UserError("no trainable parameters: every parameter group is frozen")
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -217,7 +226,8 @@ class TrainHooks:
     """What a method changes in the maths; the defaults give plain softmax classification.
 
     preprocess(x_uint8) -> float input; augment_batch(x_uint8, generator) -> x_uint8;
-    compute_loss(outputs, targets) -> scalar; scores_from_outputs(outputs) -> (B, n_classes).
+    compute_loss(outputs, targets) -> scalar; scores_from_outputs(outputs) -> (B, n_classes);
+    param_groups(model) -> optimizer param groups with their lr_scale (None: one group).
     Behaviour around the loop (e.g. unfreezing a body after some epochs) is a `Callback`:
     callbacks() returns the method's own, which the Trainer runs with its built-in ones.
     """
@@ -238,6 +248,11 @@ class TrainHooks:
 
     def callbacks(self) -> list[Callback]:
         return []
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]] | None:
+        """Optimizer param groups (dicts with "params" and optionally "lr_scale"); None:
+        one group of every trainable parameter."""
+        return None
 
 
 @dataclass
@@ -572,7 +587,7 @@ class Trainer:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer = build_optimizer(self.model, config, self.hooks.param_groups(self.model))
         self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, self.amp_dtype) else None
         self.train_model = dist_utils.wrap_model(self.model, self.dist, self.device)
         if config.compile:
@@ -698,7 +713,7 @@ class Trainer:
             idx = order[step * bs:(step + 1) * bs]
             state.lr = self._lr_at(epoch * n_steps + step, state)
             for group in self.optimizer.param_groups:
-                group["lr"] = state.lr
+                group["lr"] = state.lr * group.get("lr_scale", 1.0)
             x = self._inputs(self.hooks.augment_batch(data.store.batch(idx), aug_gen))
             idx_dev = idx.to(device)
             with self._autocast():

@@ -35,7 +35,9 @@ SMALL = {
     "retina-densenet201": dict(TINY_FUNDUS, pretrained=None),
 }
 TINY_BACKBONE = dict(backbone="test-tiny", size=16, n_jobs=1)
-SMALL.update({"linear-probe": dict(TINY_BACKBONE, Cs=[0.1, 1.0]), "embedding-knn": dict(TINY_BACKBONE)})
+SMALL.update({"linear-probe": dict(TINY_BACKBONE, Cs=[0.1, 1.0]), "embedding-knn": dict(TINY_BACKBONE),
+              "finetune": dict(backbone="test-tiny", image_size=16, epochs=1, batch_size=8, device="cpu",
+                               val_fraction=0.0, n_jobs=1)})
 GRADERS = {"retina-cnn", "retina-ordinal", "retina-densenet201", "retina-lesion-stats"}  # 5 grades
 NAMES = [m.name for m in list_methods() if not m.name.startswith("test-")]
 # presets of a class already fitted below (their recipes are tested with the engine)

@@ -150,6 +150,11 @@ def test_combined_backbones_concatenate(tiny, tmp_path):
     a, _ = embed_split(tiny, NAME, progress=False)
     assert X.shape == (12, 32) and info["dim"] == 32
     np.testing.assert_array_equal(X[:, :16], a)
+    assert info["total_seconds"] >= info["seconds"] >= 0  # what the probes record
+    from cvbench.deep.probe import LinearProbe
+
+    probe = LinearProbe(backbone=f"{NAME}+test-tiny-b", Cs=[1.0], val_fraction=0.25, n_jobs=1).fit(tiny)
+    assert probe.info_["embeddings"]["train"]["dim"] == 32 and probe.predict_scores(tiny).shape == (12, 3)
 
 
 # ---- torchrun: two gloo processes on the CPU ------------------------------------------------

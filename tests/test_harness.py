@@ -80,6 +80,10 @@ def test_carve_validation_is_stratified_and_grouped():
     tr, va = carve_validation(g, 0.2, seed=0, group_key="patient")
     assert not set(tr.groups["patient"]) & set(va.groups["patient"])
     assert per_class_limit(s, 5).class_counts().tolist() == [5, 5]
+    # more classes than validation items (14 hotels, 64 images, 20%): a seeded random carve
+    many = Split(np.zeros((64, 2, 2), np.uint8), np.arange(64) % 14, tuple("abcdefghijklmn"), "h/train")
+    tr, va = carve_validation(many, 0.2, seed=0)
+    assert len(tr) + len(va) == 64 and len(va) == 13
 
 
 def test_expand_sweep_cartesian():
