@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv venv-unlocked lock gpu-pack gpu-rehearsal demo test bench lint leaderboard vlfeat clean
+.PHONY: venv venv-unlocked lock gpu-pack gpu-rehearsal demo test bench bench-baseline lint leaderboard vlfeat clean
 
 venv: $(STAMP)
 
@@ -53,12 +53,20 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check cvbench baselines deep tests
 	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/benchmarks
-	@echo "benchmarks, once each in fast mode (full runs: make bench):"
+	@echo "benchmarks, once each in fast mode, unguarded (guarded runs: pytest --benchmark, make bench):"
 	$(PY) -m pytest -q -p no:cacheprovider tests/benchmarks -m "not slow" --benchmark-enable \
 	  --benchmark-min-rounds=1 --benchmark-max-time=0 --benchmark-warmup=off --benchmark-columns=min,mean,rounds
 
+# Every benchmark, the slow end-to-end ones included, guarded against
+# tests/benchmarks/baseline.json (`pytest --benchmark` is the same without the slow ones).
+# BENCH_ARGS passes more pytest options, e.g. BENCH_ARGS="--benchmark-json=bench.json".
+BENCH_ARGS ?=
 bench: venv
-	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable
+	$(PY) -m pytest -p no:cacheprovider --benchmark --benchmark-all $(BENCH_ARGS)
+
+# Refresh the baseline: after an intended speed change or on a new reference machine, idle.
+bench-baseline: venv
+	$(PY) -m pytest -p no:cacheprovider --benchmark --benchmark-all --benchmark-update-baseline $(BENCH_ARGS)
 
 # The studies' GPU protocols (every suite's gpu_only block): pack the data that travels to a
 # GPU machine, then run there `python3 scripts/gpu_protocols.py run --out OUT` (see that file);

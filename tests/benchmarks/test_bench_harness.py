@@ -1,8 +1,18 @@
-"""Harness overhead: metrics for one run, so the evaluation never dominates a fast method."""
+"""Harness overhead: metrics (with their bootstrap intervals) for one run, so the evaluation
+never dominates a fast method; and (slow) rendering the leaderboard from every committed record.
+Guarded by `pytest --benchmark` (slow ones: `make bench`)."""
+
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from cvbench.metrics import evaluate
+# the harness' public functions, imported here only
+from cvbench.leaderboard import render_all
+from cvbench.metrics import bootstrap_ci, evaluate, paired_bootstrap_diff
+
+RESULTS = Path(__file__).resolve().parents[2] / "leaderboard" / "results"
 
 
 def test_bench_evaluate_1500x15(benchmark):
@@ -12,3 +22,31 @@ def test_bench_evaluate_1500x15(benchmark):
     classes = tuple(f"c{i}" for i in range(15))
     m = benchmark(evaluate, y, scores, classes, metrics=("topk",), seed=0)
     assert 0.5 < m["accuracy"] <= 1.0
+
+
+def test_bench_bootstrap_ci_1500(benchmark):
+    correct = np.random.default_rng(0).random(1500) < 0.7
+    lo, hi = benchmark(bootstrap_ci, correct, 1000, 0)
+    assert lo < correct.mean() < hi
+
+
+def test_bench_paired_bootstrap_diff_1500(benchmark):
+    rng = np.random.default_rng(0)
+    a, b = rng.random(1500) < 0.7, rng.random(1500) < 0.6
+    d = benchmark(paired_bootstrap_diff, a, b, 1000, 0)
+    assert d["lo"] < d["diff"] < d["hi"]
+
+
+@pytest.mark.slow
+def test_bench_render_leaderboard_all_records(benchmark, tmp_path):
+    """Every page and figure from all committed records (leaderboard/results/*.jsonl, copied)."""
+    files = sorted(RESULTS.glob("*.jsonl"))
+    assert files, f"no committed records under {RESULTS}"
+    (tmp_path / "results").mkdir()
+    for f in files:
+        shutil.copy(f, tmp_path / "results" / f.name)
+    index = benchmark.pedantic(render_all, kwargs={"root": tmp_path}, rounds=1, iterations=1)
+    assert Path(index).is_file()
+    n_records = sum(1 for f in files for line in f.open() if line.strip())
+    benchmark.extra_info.update(records=n_records, pages=len(list(tmp_path.glob("*.md"))),
+                                figures=len(list(tmp_path.rglob("*.png"))))

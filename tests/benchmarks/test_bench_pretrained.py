@@ -1,14 +1,17 @@
-"""Speed of the pretrained-embedding path (issue: pretrained backbones).
+"""Speed of the pretrained-embedding path: EfficientNet-Lite0 extraction at 224 px (decode
+included), the ratio invariant "an embedding-cache hit is at least 20x faster than extracting",
+linear-probe's C search, and (slow) the 1500 scene15 training images from a cold cache.
 
-Targets on 2 cores: EfficientNet-Lite0 extraction at 224 px >= 50 images/s, decode included;
-a cache hit >= 20x faster than extracting; linear-probe with its C search on 7000 x 1280
-features <= 15 s. Only the cache ratio is asserted (a ratio of two timings in one process);
-the rates are recorded in the benchmark's extra_info, since a shared machine's load moves them.
+Guarded by `pytest --benchmark` / `make bench` (tests/benchmarks/guard.py): one thread, CPU
+seconds of this process (decode runs in a thread of it), so `n_jobs=1` here. `make test`'s fast
+pass runs each once, unguarded, on fewer images / rows (the figures of a guarded run are the
+full-size ones). The pretrained issue's 2-core rates (extraction >= 50 images/s; the probe
+search on 7000 x 1280 <= 15 s) are recorded in extra_info, not asserted.
 """
 
 from __future__ import annotations
 
-import time
+import itertools
 
 import numpy as np
 import pytest
@@ -19,7 +22,11 @@ from cvbench.deep.backbones import get_backbone, package_dir
 from cvbench.deep.embeddings import embed_split
 from cvbench.deep.probe import LinearProbe
 from cvbench.split import Split
+from tests.benchmarks.guard import paired_ratio
 from tests.conftest import task_data
+
+N_PHOTOS = 32  # per guarded round; the fast pass takes the first FAST_PHOTOS
+FAST_PHOTOS = 8
 
 
 def _need_lite0() -> None:
@@ -29,49 +36,69 @@ def _need_lite0() -> None:
 
 @pytest.fixture(scope="module")
 def photo_jpegs(tmp_path_factory):
-    """64 photo-sized JPEGs (320 x 240, smooth content like real photographs)."""
+    """Photo-sized JPEGs (320 x 240, smooth content like real photographs)."""
     import cv2
 
     folder = tmp_path_factory.mktemp("jpegs")
     rng = np.random.default_rng(0)
     paths = []
-    for i in range(64):
+    for i in range(N_PHOTOS):
         small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
         img = cv2.resize(small, (320, 240), interpolation=cv2.INTER_CUBIC)
         path = folder / f"p{i:03d}.jpg"
         Image.fromarray(img).save(path, quality=90)
         paths.append(path)
-    return Split(items=paths, labels=np.arange(64) % 4, classes=tuple("abcd"), name="bench/x",
-                 root=str(folder))
+    return Split(items=paths, labels=np.arange(N_PHOTOS) % 4, classes=tuple("abcd"),
+                 name="bench/x", root=str(folder))
 
 
-def test_bench_extract_lite0_224(benchmark, photo_jpegs):
-    """Decode + resize + Lite0 at 224 px, 64 JPEGs, no cache, 2 threads."""
+def _photos(split: Split, speed_guard) -> Split:
+    return split if speed_guard.active else split.subset(range(FAST_PHOTOS))
+
+
+def test_bench_extract_lite0_224(benchmark, speed_guard, photo_jpegs):
+    """Decode + resize + Lite0 at 224 px (weights loaded and verified), no cache, 1 thread."""
     _need_lite0()
-    embed_split(photo_jpegs.subset([0, 1]), size=224, cache=False, progress=False)  # warm-up
-    out = benchmark.pedantic(embed_split, args=(photo_jpegs,),
-                             kwargs={"size": 224, "cache": False, "progress": False, "n_jobs": 2},
-                             rounds=1, iterations=1)
-    X, info = out
-    benchmark.extra_info["images_per_s"] = info["images_per_s"]
-    assert X.shape == (64, 1280)
+    split = _photos(photo_jpegs, speed_guard)
+    embed_split(split.subset([0, 1]), size=224, cache=False, progress=False, n_jobs=1)  # warm-up
+    X, info = benchmark.pedantic(embed_split, args=(split,),
+                                 kwargs={"size": 224, "cache": False, "progress": False,
+                                         "n_jobs": 1},
+                                 rounds=speed_guard.rounds(3), iterations=1)
+    assert X.shape == (len(split), 1280) and np.isfinite(X).all()
+    benchmark.extra_info.update(images=len(split), images_per_s=info["images_per_s"])
 
 
-def test_bench_cache_hit_vs_extraction(benchmark, photo_jpegs, tmp_path, monkeypatch):
-    """A cached lookup of 64 Lite0 embeddings against extracting them: >= 20x faster."""
+def test_ratio_embedding_cache_hit(benchmark, speed_guard, photo_jpegs, tmp_path, monkeypatch):
+    """Lite0 embeddings at 224 px of a split read from the embedding cache on disk (in-memory
+    index dropped first) vs extracted into an empty cache; interleaved. Ratio >= 20."""
     _need_lite0()
-    monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / "cache"))
-    embeddings.clear_memory()
-    t0 = time.perf_counter()
-    cold, _ = embed_split(photo_jpegs, size=224, progress=False, n_jobs=2)
-    extract_s = time.perf_counter() - t0
-    hit, info = benchmark(embed_split, photo_jpegs, size=224, progress=False, n_jobs=2)
+    split = _photos(photo_jpegs, speed_guard)
+    caches = itertools.count()
+
+    def embed():
+        return embed_split(split, size=224, progress=False, n_jobs=1)
+
+    def empty_cache():
+        monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / f"cache{next(caches)}"))
+        embeddings.clear_memory()
+
+    empty_cache()
+    cold, _ = embed()  # warm-up; leaves a filled cache for the cached side
+    t = speed_guard.interleave({"extract": embed, "cached": embed}, speed_guard.rounds(3),
+                               before_each={"extract": empty_cache,
+                                            "cached": embeddings.clear_memory})
+    ratio = paired_ratio(t["extract"], t["cached"])
+    hit, info = benchmark.pedantic(embed, setup=embeddings.clear_memory,
+                                   rounds=speed_guard.rounds(20))
     np.testing.assert_array_equal(hit, cold)
-    assert info["cached"] == 64 and info["extracted"] == 0
-    ratio = extract_s / benchmark.stats.stats.mean
-    benchmark.extra_info["extract_s"] = round(extract_s, 3)
-    benchmark.extra_info["ratio"] = round(ratio, 1)
-    assert ratio >= 20
+    assert info["cached"] == len(split) and info["extracted"] == 0
+    benchmark.extra_info.update(images=len(split), extract_s=round(float(np.median(t["extract"])), 3),
+                                cached_s=round(float(np.median(t["cached"])), 5),
+                                extract_over_cached=round(ratio, 1))
+    speed_guard.at_least("embeddings: extraction / cache hit", ratio, 20,
+                         f"extract {np.median(t['extract']):.3f} s, hit "
+                         f"{np.median(t['cached']):.4f} s, {len(split)} images")
 
 
 def _features(n=7000, d=1280, c=7, seed=0):
@@ -84,33 +111,34 @@ def _features(n=7000, d=1280, c=7, seed=0):
     return X, y
 
 
-def test_bench_probe_search_7000x1280(benchmark, monkeypatch):
-    """linear-probe's fit on 7000 x 1280 features: 9-point C search on a 20% carve + refit."""
+def test_bench_probe_search_7000x1280(benchmark, speed_guard, monkeypatch):
+    """linear-probe's fit on 7000 x 1280 features: 9-point C search on a 20% carve + refit
+    (the fast pass: 1400 rows)."""
     from cvbench.deep import probe
 
-    X, y = _features()
+    X, y = _features(7000 if speed_guard.active else 1400)
     items = [f"f{i}" for i in range(len(y))]
     split = Split(items=items, labels=y, classes=tuple("abcdefg"), name="bench/train")
     monkeypatch.setattr(probe, "embed_split",
                         lambda s, **kw: (X, {"total_seconds": 0.0, "n": len(s)}))
     m = benchmark.pedantic(lambda: LinearProbe().fit(split), rounds=1, iterations=1)
-    benchmark.extra_info["val_accuracy"] = m.info_["validation"]["val_accuracy"]
-    benchmark.extra_info["chosen_C"] = m.info_["validation"]["chosen_C"]
+    benchmark.extra_info.update(rows=len(y), val_accuracy=m.info_["validation"]["val_accuracy"],
+                                chosen_C=m.info_["validation"]["chosen_C"])
     assert 0.3 < m.info_["validation"]["val_accuracy"] < 1.0
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_bench_extract_scene15_train_224(benchmark, real_data, tmp_path, monkeypatch):
-    """The 1500 scene15 training images at 224 px, cold cache."""
+    """The 1500 scene15 training images at 224 px, cold cache, 1 thread."""
     _need_lite0()
-    from cvbench.data.scene15 import read_scene15
+    from cvbench.tasks.scene15.reader import read as read_scene15
 
     train, _ = read_scene15(task_data(real_data, "scene15"))
     monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / "cache"))
     embeddings.clear_memory()
     X, info = benchmark.pedantic(embed_split, args=(train,),
-                                 kwargs={"size": 224, "progress": False, "n_jobs": 2},
+                                 kwargs={"size": 224, "progress": False, "n_jobs": 1},
                                  rounds=1, iterations=1)
     benchmark.extra_info["images_per_s"] = info["images_per_s"]
-    assert X.shape == (1500, 1280)
+    assert X.shape == (len(train), 1280) and info["extracted"] == len(train)

@@ -1,0 +1,607 @@
+"""The speed guard's plain logic (no pytest here; the wiring is tests/benchmarks/plugin.py).
+
+A guarded benchmark's rounds are interleaved with short *calibration chunks*: one just before
+its first round, then one after every ~50 ms of rounds (after every round when rounds are
+longer), and one after its last round. A chunk times three fixed workloads:
+
+    gemm    five float32 256x256 matrix products (compute, BLAS)
+    stream  one sum over a 16 MB float32 array (memory bandwidth, caches)
+    decode  five decodes of a generated 256x256 JPEG (integer, branchy; PIL)
+
+Its *unit* is the geometric mean of the three times. Each round is divided by the unit of the
+two chunks around it, and the benchmark's figure is the median of these ratios (dimensionless
+"calibration units"). A machine twice as fast, or a load that halves this process' share of
+the CPU, moves the round and the chunks next to it alike, so the figure stays.
+
+How that was chosen (measured on this shared 2-core KVM machine at load 0.4-6; five hot paths,
+~40 repeats each; spread = p90 / p10 of a benchmark's figure over the repeats):
+
+- wall clock, no calibration: 1.3-2.2; wall clock over calibrations timed once before and
+  once after each benchmark: 1.2-1.6. The host's speed per CPU second itself swings within a
+  second (CPU time alone, uncalibrated: 1.2-1.6), so before/after calibration cannot follow it.
+- CPU time (time.process_time) with the round-by-round chunks above: 1.10-1.13 (1.30 for the
+  interpreter-bound bootstrap), the best of every clock, statistic and workload mix tried.
+  A single workload did worse (GEMM alone 1.16-1.30, decode alone 1.13-1.30).
+- median of rounds, not minimum: as good or better in every case (and it matches the chunks,
+  which are medians in effect); the minimum of a long round and of a short one are not alike.
+
+So under the guard pytest-benchmark times in CPU seconds of this process (the default), and
+every thread pool is pinned to THREADS threads: a 1-thread figure scales with the share of one
+core; a 2-thread one on a 2-core machine shared with others does not. The end-to-end benchmarks
+run their workload in a fresh process (run_fresh_process, tests/benchmarks/e2e.py), so that the
+peak RSS of its process tree is its own: one with joblib workers is timed in wall seconds
+(``@pytest.mark.benchmark(timer=time.perf_counter)``: its target is a wall time), a
+single-process one in the child's CPU seconds (``timer=tree_process_time``).
+
+Verdicts: "FAIL" when figure / baseline > 1 + tolerance (25% unless the baseline names one),
+"faster" when below 1 / (1 + tolerance) (refresh the baseline if that was intended), "new"
+when the baseline has no entry, else "ok".
+
+Confirmation: on this machine a benchmark's figure still moves between runs, by up to ~1.3x
+now and then (benchmarks and calibration do not share the host's contention alike), so with
+40-odd benchmarks a run would fail one by chance every so often. A non-slow benchmark that
+fails the guard's own checks (its figure, or a ratio invariant) is therefore measured once
+more, with fresh fixtures, and only that second measurement counts: a real regression fails
+both, a passing blip rarely repeats. The table notes what the first one saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+THREADS = 1  # BLAS / OpenMP / torch / OpenCV threads while a guarded benchmark runs
+DEFAULT_TOLERANCE = 0.25
+CHUNK_INTERVAL_S = 0.05  # a calibration chunk after every this many seconds of rounds
+BASELINE_PATH = Path(__file__).resolve().parent / "baseline.json"
+BASELINE_VERSION = 2
+WORKLOADS = ("gemm", "stream", "decode")
+
+
+def tree_process_time() -> float:
+    """CPU seconds of this process plus those of its children that have been waited for
+    (os.times): the clock of a benchmark whose work runs in a child process."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+CPU_TIMERS = (time.process_time, time.thread_time, tree_process_time)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One calibration chunk on one clock: seconds per workload (gemm, stream, decode)."""
+
+    seconds: tuple[float, ...]
+
+    @property
+    def unit_s(self) -> float:
+        return math.exp(sum(math.log(s) for s in self.seconds) / len(self.seconds))
+
+    def scaled(self, factor: float) -> Calibration:
+        return Calibration(tuple(s * factor for s in self.seconds))
+
+
+def calibration_unit(before: Calibration, after: Calibration) -> float:
+    """The unit of the rounds between two chunks: each workload averaged over both chunks,
+    then their geometric mean."""
+    return Calibration(tuple((a + b) / 2 for a, b in zip(before.seconds, after.seconds,
+                                                         strict=True))).unit_s
+
+
+class CalibrationWorkload:
+    """The fixed workloads; `chunk()` (~7 ms of CPU on this machine) times each once on both
+    clocks and returns (cpu, wall). Call it with the benchmarks' thread pinning in force."""
+
+    def __init__(self, gemm_side: int = 256, gemm_reps: int = 5, stream_mb: int = 16,
+                 jpeg_side: int = 256, decode_reps: int = 5):
+        import numpy as np
+        from PIL import Image
+
+        self.gemm_reps, self.decode_reps = gemm_reps, decode_reps
+        rng = np.random.default_rng(0)
+        self._a = rng.random((gemm_side, gemm_side), dtype=np.float32)
+        self._big = rng.random(stream_mb * 2**18, dtype=np.float32)
+        # a smooth image (a JPEG of noise would be unrepresentatively expensive to decode)
+        yy, xx = np.mgrid[0:jpeg_side, 0:jpeg_side]
+        img = np.stack([(xx * 0.7 + 40 * np.sin(yy / 9.0)), (yy * 0.6 + 30 * np.cos(xx / 7.0)),
+                        (xx + yy) * 0.4], axis=-1)
+        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        self._jpeg = buf.getvalue()
+        for fn in self._fns():  # warm: page faults, BLAS buffers, decoder tables
+            fn()
+
+    def _gemm(self) -> None:
+        a = self._a
+        for _ in range(self.gemm_reps):
+            a @ a  # noqa: B018  (the product is the work)
+
+    def _stream(self) -> None:
+        self._big.sum()
+
+    def _decode(self) -> None:
+        from PIL import Image
+
+        for _ in range(self.decode_reps):
+            with Image.open(io.BytesIO(self._jpeg)) as im:
+                im.load()
+
+    def _fns(self):
+        return (self._gemm, self._stream, self._decode)
+
+    def chunk(self) -> tuple[Calibration, Calibration]:
+        cpu, wall = [], []
+        for fn in self._fns():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        return Calibration(tuple(cpu)), Calibration(tuple(wall))
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int = THREADS):
+    """BLAS/OpenMP (threadpoolctl), torch and OpenCV limited to n threads, then restored.
+    Only libraries already loaded are reached, so import them first."""
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    cv2 = sys.modules.get("cv2")
+    t_before = torch.get_num_threads() if torch else None
+    c_before = cv2.getNumThreads() if cv2 else None
+    try:
+        if torch:
+            torch.set_num_threads(n)
+        if cv2:
+            cv2.setNumThreads(n)
+        with threadpool_limits(n):
+            yield
+    finally:
+        if torch:
+            torch.set_num_threads(t_before)
+        if cv2:
+            cv2.setNumThreads(c_before)
+
+
+class RoundRecorder:
+    """Interleaves calibration chunks with a benchmark's rounds (see the module docstring).
+    `calibrate()` returns (cpu, wall) chunks; `add(round_s, elapsed_s)` after every round
+    (round_s per iteration, elapsed_s the round's whole time); `end()` after the last."""
+
+    def __init__(self, calibrate: Callable[[], tuple[Calibration, Calibration]],
+                 interval_s: float = CHUNK_INTERVAL_S):
+        self.calibrate, self.interval_s = calibrate, interval_s
+        self.rounds: list[float] = []
+        self.blocks: list[int] = []
+        self.chunks: list[tuple[Calibration, Calibration]] = []
+        self._since = 0.0
+
+    def begin(self) -> None:
+        self.chunks.append(self.calibrate())
+        self._since = 0.0
+
+    def add(self, round_s: float, elapsed_s: float) -> None:
+        if not self.chunks:
+            self.begin()
+        self.rounds.append(round_s)
+        self.blocks.append(len(self.chunks) - 1)
+        self._since += elapsed_s
+        if self._since >= self.interval_s:
+            self.chunks.append(self.calibrate())
+            self._since = 0.0
+
+    def end(self) -> None:
+        if self.rounds and self.blocks[-1] == len(self.chunks) - 1:
+            self.chunks.append(self.calibrate())
+
+    def measurement(self, name: str, clock: str) -> Measurement:
+        i = 0 if clock == "cpu" else 1
+        return Measurement(name, list(self.rounds), list(self.blocks),
+                           [c[i] for c in self.chunks], clock)
+
+
+# ---------------------------------------------------------------- baseline and verdicts
+
+
+@dataclass
+class Measurement:
+    """One guarded benchmark of this run: its rounds (seconds per iteration, on `clock`), the
+    block of each (round i lies between chunks[blocks[i]] and chunks[blocks[i] + 1])."""
+
+    name: str
+    rounds: list[float]
+    blocks: list[int]
+    chunks: list[Calibration]
+    clock: str = "cpu"
+
+    def _unit(self, b: int) -> float:
+        return calibration_unit(self.chunks[b], self.chunks[b + 1])
+
+    @property
+    def figure(self) -> float:
+        return statistics.median(r / self._unit(b) for r, b in zip(self.rounds, self.blocks,
+                                                                   strict=True))
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.rounds)
+
+    @property
+    def unit_s(self) -> float:
+        return statistics.median(self._unit(b) for b in sorted(set(self.blocks)))
+
+    @classmethod
+    def before_after(cls, name: str, rounds: list[float], before: Calibration,
+                     after: Calibration, clock: str = "cpu") -> Measurement:
+        """All rounds between one chunk before and one after."""
+        return cls(name, list(rounds), [0] * len(rounds), [before, after], clock)
+
+
+@dataclass
+class Verdict:
+    name: str
+    baseline: float | None
+    now: float
+    tolerance: float
+    median_s: float
+    rounds: int
+    clock: str = "cpu"
+    note: str = ""  # e.g. what the first measurement saw, when this one confirms it
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.baseline is None else self.now / self.baseline
+
+    @property
+    def verdict(self) -> str:
+        r = self.ratio
+        if r is None:
+            return "new"
+        if r > 1 + self.tolerance:
+            return "FAIL"
+        if r < 1 / (1 + self.tolerance):
+            return "faster"
+        return "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "FAIL"
+
+    def message(self) -> str:
+        return (f"speed regression in {self.name}: {self.now:.4g} calibration units vs baseline "
+                f"{self.baseline:.4g} = {self.ratio:.2f}x, over the {1 + self.tolerance:.2f}x "
+                f"allowed (median round {self.median_s * 1e3:.3g} ms {self.clock} of "
+                f"{self.rounds}; baseline: tests/benchmarks/{BASELINE_PATH.name})")
+
+
+class Baseline:
+    """tests/benchmarks/baseline.json: {"version", "meta", "default_tolerance",
+    "benchmarks": {name: {"figure", "median_s", "clock", "tolerance"?, "why"?}}}; "tolerance"
+    and its reason "why" are set by hand and kept by refreshes."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None):
+        data = dict(data or {})
+        self.meta: dict[str, Any] = dict(data.get("meta", {}))
+        self.default_tolerance = float(data.get("default_tolerance", DEFAULT_TOLERANCE))
+        self.benchmarks: dict[str, dict[str, Any]] = {
+            k: dict(v) for k, v in dict(data.get("benchmarks", {})).items()}
+        if data and int(data.get("version", 0)) != BASELINE_VERSION:  # other units: unusable
+            self.benchmarks = {k: {"tolerance": v["tolerance"]} for k, v in self.benchmarks.items()
+                               if "tolerance" in v}
+
+    @classmethod
+    def load(cls, path: Path) -> Baseline:
+        path = Path(path)
+        if not path.is_file():
+            return cls()
+        return cls(json.loads(path.read_text(encoding="utf-8")))
+
+    def figure(self, name: str) -> float | None:
+        v = self.benchmarks.get(name, {}).get("figure")
+        return None if v is None else float(v)
+
+    def tolerance(self, name: str) -> float:
+        return float(self.benchmarks.get(name, {}).get("tolerance", self.default_tolerance))
+
+    def reference_unit_s(self, clock: str = "wall") -> float | None:
+        """Median calibration unit (s) of the run that recorded the baseline."""
+        v = self.meta.get("calibration", {}).get(f"{clock}_unit_s")
+        return None if v is None else float(v)
+
+    def compare(self, m: Measurement) -> Verdict:
+        return Verdict(m.name, self.figure(m.name), m.figure, self.tolerance(m.name), m.median_s,
+                       len(m.rounds), m.clock)
+
+    def is_partial(self, measured: Iterable[str]) -> bool:
+        """Whether a refresh measuring these names leaves some of this baseline's figures."""
+        return bool(self.meta) and bool({k for k, v in self.benchmarks.items() if "figure" in v}
+                                        - set(measured))
+
+    def updated(self, measurements: Iterable[Measurement], meta: Mapping[str, Any]) -> Baseline:
+        """A new baseline: these figures replace theirs (tolerance overrides are kept), entries
+        not measured this time stay as they were. `meta` replaces the old one when every
+        figure of the old baseline was measured again; a partial refresh (-k, a failed test)
+        keeps the old meta, whose calibration the figures left alone (and the time targets)
+        refer to, and appends its date, command and benchmarks to meta["partial_updates"]."""
+        measurements = list(measurements)
+        out = Baseline(self.to_dict())
+        measured = {m.name for m in measurements}
+        if self.is_partial(measured):
+            note = {k: meta[k] for k in ("date", "command") if k in meta}
+            note["benchmarks"] = sorted(measured)
+            out.meta = dict(self.meta)
+            out.meta["partial_updates"] = [*self.meta.get("partial_updates", []), note]
+        else:
+            out.meta = dict(meta)
+        for m in measurements:
+            entry = {"figure": _sig(m.figure), "median_s": _sig(m.median_s), "clock": m.clock}
+            for key in ("tolerance", "why"):  # hand-set overrides and their reasons stay
+                if key in self.benchmarks.get(m.name, {}):
+                    entry[key] = self.benchmarks[m.name][key]
+            out.benchmarks[m.name] = entry
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": BASELINE_VERSION, "meta": self.meta,
+                "default_tolerance": self.default_tolerance,
+                "benchmarks": {k: self.benchmarks[k] for k in sorted(self.benchmarks)}}
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _sig(x: float, digits: int = 6) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def calibration_summary(chunks: Iterable[tuple[Calibration, Calibration]]) -> dict[str, Any]:
+    """Medians over a run's chunks, per clock (what the baseline's meta records)."""
+    chunks = list(chunks)
+    if not chunks:
+        return {}
+    out: dict[str, Any] = {"chunks": len(chunks), "workloads": list(WORKLOADS)}
+    for i, clock in enumerate(("cpu", "wall")):
+        out[f"{clock}_unit_s"] = _sig(statistics.median(c[i].unit_s for c in chunks))
+        out[f"{clock}_seconds"] = [_sig(statistics.median(c[i].seconds[k] for c in chunks))
+                                   for k in range(len(WORKLOADS))]
+    return out
+
+
+# ---------------------------------------------------------------- ratio invariants and targets
+
+
+@dataclass
+class Check:
+    """A ratio invariant or a time target, measured inside one test."""
+
+    test: str
+    name: str
+    value: float
+    bound: float
+    kind: str  # "at_most" or "at_least"
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.value <= self.bound if self.kind == "at_most" else self.value >= self.bound
+
+    def message(self) -> str:
+        op = "<=" if self.kind == "at_most" else ">="
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.name} = {self.value:.3g}, expected {op} {self.bound:g}{extra} [{self.test}]"
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int,
+                     before_each: Mapping[str, Callable[[], Any]] | None = None,
+                     timer: Callable[[], float] = time.process_time) -> dict[str, list[float]]:
+    """Seconds of each function on `timer` (CPU seconds of this process by default: the sides
+    of a ratio run in-process, single-threaded), `rounds` times, interleaved (A B, then B A,
+    ...), so a change of load or host speed hits every side alike. `before_each[name]` runs
+    untimed before that function (e.g. emptying a cache for the cold side)."""
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            if before_each and n in before_each:
+                before_each[n]()
+            t0 = timer()
+            fns[n]()
+            out[n].append(timer() - t0)
+    return out
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num[i] / den[i] (rounds taken side by side)."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
+class InvariantFailed(AssertionError):
+    """A ratio invariant failed under the guard (the Check is `.check`)."""
+
+    def __init__(self, check: Check):
+        super().__init__(f"ratio invariant failed: {check.message()}")
+        self.check = check
+
+
+class SpeedChecks:
+    """What a benchmark test uses (the `speed_guard` fixture): round counts, interleaved
+    timing (time_interleaved), ratio invariants and time targets. Asserts only when the guard is on
+    (`pytest --benchmark`, `make bench`); otherwise it records, so `make test`'s single fast
+    pass never fails on load."""
+
+    def __init__(self, test: str, active: bool, sink: list[Check] | None = None):
+        self.test, self.active = test, active
+        self.sink = sink if sink is not None else []
+        self.targets: list[tuple[str, float]] = []
+
+    def rounds(self, guarded: int, fast: int = 1) -> int:
+        return guarded if self.active else fast
+
+    def interleave(self, fns: Mapping[str, Callable[[], Any]], rounds: int,
+                   before_each: Mapping[str, Callable[[], Any]] | None = None) -> dict[str, list[float]]:
+        return time_interleaved(fns, rounds, before_each)
+
+    def _check(self, name: str, value: float, bound: float, kind: str, detail: str) -> Check:
+        c = Check(self.test, name, float(value), float(bound), kind, detail)
+        self.sink.append(c)
+        if self.active and not c.passed:
+            raise InvariantFailed(c)
+        return c
+
+    def at_most(self, name: str, value: float, bound: float, detail: str = "") -> Check:
+        return self._check(name, value, bound, "at_most", detail)
+
+    def at_least(self, name: str, value: float, bound: float, detail: str = "") -> Check:
+        return self._check(name, value, bound, "at_least", detail)
+
+    def target_seconds(self, label: str, seconds: float) -> None:
+        """This test's benchmark must take at most `seconds` on the reference machine: its
+        figure times the baseline's median calibration unit (on the benchmark's clock; checked
+        by the guard after the test)."""
+        self.targets.append((label, float(seconds)))
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _fmt(x: float | None, spec: str = ".4g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
+def format_table(verdicts: list[Verdict], checks: list[Check]) -> str:
+    """One table: benchmark, baseline (normalised), now, ratio, verdict; then the checks."""
+    head = ("benchmark", "median round", "baseline", "now", "ratio", "verdict")
+    rows = [(v.name, f"{_fmt_s(v.median_s)} {v.clock}", _fmt(v.baseline), _fmt(v.now),
+             "-" if v.ratio is None else f"{v.ratio:.2f}x",
+             (v.verdict if v.verdict != "FAIL" else f"FAIL (> {1 + v.tolerance:.2f}x)")
+             + (f" (re-measured; {v.note})" if v.note else ""))
+            for v in verdicts]
+    for c in checks:
+        op = "<=" if c.kind == "at_most" else ">="
+        rows.append((f"{c.test} :: {c.name}", "", f"{op} {c.bound:g}", f"{c.value:.3g}", "",
+                     "ok" if c.passed else "FAIL"))
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                       for i, (x, w) in enumerate(zip(r, widths))) for r in [head, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- end-to-end runs: a fresh process tree
+
+
+def _proc_children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def tree_rss_bytes(root: int | None = None) -> int:
+    """Resident memory of a process and all its descendants now (Linux /proc)."""
+    root = os.getpid() if root is None else root
+    kids = _proc_children()
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class ProcessRun:
+    """What run_fresh_process saw: exit status, output, and the peak resident memory of the
+    child's process tree."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_bytes: int
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / 2**20
+
+    def result(self) -> Any:
+        """The JSON value on the child's last line of output."""
+        lines = self.stdout.strip().splitlines()
+        if self.returncode != 0 or not lines:
+            raise RuntimeError(f"child process exited with {self.returncode}:\n"
+                               f"{self.stderr[-4000:]}")
+        return json.loads(lines[-1])
+
+
+def run_fresh_process(argv: list[str], env: Mapping[str, str] | None = None,
+                      cwd: str | os.PathLike | None = None, interval: float = 0.1) -> ProcessRun:
+    """Run `argv` in a new process and wait for it. Its peak RSS is that of its whole tree: the
+    most of (a) the summed RSS of the child and all its descendants, sampled every `interval`
+    s, and (b) the kernel's high-water mark of the child and of its largest waited-for
+    descendant (wait4), which no sampling can miss. An end-to-end benchmark runs this way so
+    that its memory is its own, not the pytest session's (whose RSS, and whose lifetime
+    maxima, include every benchmark before it)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=None if env is None else
+                                dict(env), cwd=cwd)
+        peak = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(interval):
+                peak[0] = max(peak[0], tree_rss_bytes(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:  # wait for the exit without reaping, so the sampler never reads a reused pid
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            stop.set()
+            sampler.join()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ProcessRun(proc.returncode, out.read().decode(errors="replace"),
+                          err.read().decode(errors="replace"),
+                          max(peak[0], usage.ru_maxrss * 1024))
