@@ -34,14 +34,16 @@ def _version(dist: str) -> str:
 
 @functools.cache
 def git_revision() -> str:
-    """HEAD of the source checkout, with '+dirty' when tracked files have changes."""
+    """HEAD of the source checkout, with '+dirty' when tracked files other than the committed
+    leaderboard (records and pages: the outputs of runs, not their code) have changes."""
     root = repo_root()
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                              capture_output=True, text=True, timeout=5).stdout.strip()
         if not rev:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)leaderboard"], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

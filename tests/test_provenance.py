@@ -1,0 +1,38 @@
+"""A record's `git` field: HEAD, '+dirty' when code differs from it, not the leaderboard."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from cvbench import env
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+def _git(root, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root,
+                   check=True, capture_output=True)
+
+
+def test_dirty_means_code_not_the_leaderboard(tmp_path, monkeypatch):
+    (tmp_path / "leaderboard" / "results").mkdir(parents=True)
+    (tmp_path / "leaderboard" / "results" / "demo.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "c")
+    monkeypatch.setattr(env, "repo_root", lambda: tmp_path)
+
+    def revision():
+        env.git_revision.cache_clear()
+        return env.git_revision()
+
+    clean = revision()
+    assert len(clean) == 12 and not clean.endswith("+dirty")
+    (tmp_path / "leaderboard" / "results" / "demo.jsonl").write_text("{}\n{}\n")  # a run's output
+    assert revision() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert revision() == clean + "+dirty"
