@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +159,9 @@ def folder_description(folder: Path, name: str = "README.md") -> str | None:
         return None
     for line in note.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip().lower().startswith("variant:"):
-            return line.split(":", 1)[1].strip().strip('"').strip("'").strip() or None
+            value = line.split(":", 1)[1].strip()
+            quoted = re.match(r"""(["'])(.*?)\1""", value)  # `Variant: "text".`: the text
+            return (quoted.group(2) if quoted else value.rstrip(".")).strip() or None
     return None
 
 
