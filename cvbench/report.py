@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .results import RunRecord
+from .results import BUSY_LOAD, RunRecord
 
 SWEEP_MARK = "†"
 HIDDEN_PARAMS = ("device", "n_jobs", "seed", "resume", "joblib_backend")
@@ -383,11 +383,12 @@ def section_quick(page: Page) -> str:
 
 def load_note(records: list[RunRecord]) -> str:
     """Say so when timings were taken on a machine busier than its core count."""
-    busy = [r.busy_factor for r in records if r.busy_factor > 1]
+    busy = [r.busy_factor for r in records if r.busy]
     if not busy:
         return ""
     return (f"Timing caveat: {len(busy)} of {len(records)} runs were timed while the machine's "
-            f"1-minute load average exceeded its core count (up to {max(busy):.1f}x), so their "
+            f"1-minute load average exceeded {BUSY_LOAD:g}x its core count (up to "
+            f"{max(busy):.1f}x; a run's own threads account for about 1x), so their "
             "runtimes are inflated; compare speed with the benchmarks (`make bench`) instead.\n")
 
 

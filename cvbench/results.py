@@ -58,6 +58,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 REQUIRED = ("key", "task", "method", "params", "seed", "label", "data", "metrics", "timings")
 
 
+BUSY_LOAD = 1.25  # 1-minute load average per core above which a run's timing was shared
+
+
 @dataclass
 class RunRecord:
     """One run: what ran (method, parameters, conditions, seed, data), what it scored, how
@@ -171,6 +174,12 @@ class RunRecord:
     @property
     def dirty(self) -> bool:
         return self.git.endswith("+dirty")
+
+    @property
+    def busy(self) -> bool:
+        """Timed on a machine someone else was using too: a run's own threads keep the load
+        at about its core count, so only a load above BUSY_LOAD x the cores counts."""
+        return self.busy_factor > BUSY_LOAD
 
     @property
     def busy_factor(self) -> float:

@@ -36,3 +36,19 @@ def test_dirty_means_code_not_the_leaderboard(tmp_path, monkeypatch):
     assert revision() == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert revision() == clean + "+dirty"
+
+
+def test_busy_means_load_beyond_the_runs_own_threads():
+    from cvbench.report import load_note
+    from cvbench.results import RunRecord
+
+    def record(key, loads):
+        return RunRecord(key=key, task="demo", method="m", params={}, seed=0, label="m",
+                         data={"variant": "v", "test": {"n": 2}}, metrics={"accuracy": 0.5},
+                         timings={"load_avg": loads}, device={"cpu_count": 2})
+
+    own = record("a", [1.9, 2.2])  # a 2-core run on an otherwise idle 2-core machine
+    shared = record("b", [2.0, 4.5])
+    assert not own.busy and shared.busy and shared.busy_factor == 2.25
+    assert load_note([own]) == ""
+    assert "1 of 2 runs" in load_note([own, shared]) and "2.2x" in load_note([own, shared])
