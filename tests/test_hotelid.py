@@ -302,6 +302,7 @@ def test_folder_description_names_the_variant(tmp_path):
     assert folder_description(tmp_path / "hotelid") == "real listing photos, 6 hotels"
     (tmp_path / "hotelid" / "README.md").write_text("Variant: 6 hotels, unquoted.\n")
     assert folder_description(tmp_path / "hotelid") == "6 hotels, unquoted"
+    (tmp_path / "hotelid" / "README.md").write_text('# x\nVariant: "real listing photos, 6 hotels".\n')
     _, test = load_hotelid(tmp_path / "hotelid")
     assert test.meta["variant"].startswith("real listing photos, 6 hotels: 6 hotels")
 
