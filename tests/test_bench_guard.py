@@ -203,6 +203,12 @@ def test_fresh_process_peak_rss_covers_short_lived_children_and_grandchildren():
                               interval=10.0)
     assert run.returncode == 0 and run.result() == {"mib": 16}
     assert run.peak_mib >= 160, run.peak_mib
+    ballast = bytearray(400 * 2**20)  # this process now holds 400 MiB more ...
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    small = G.run_fresh_process([sys.executable, "-c", _CHILD, "16"], interval=10.0)
+    del ballast
+    assert small.result() == {"mib": 16}
+    assert small.peak_mib < 200, small.peak_mib  # ... which is not the child's
     assert G.tree_rss_bytes() > 0
     failed = G.run_fresh_process([sys.executable, "-c", "import sys; sys.exit('boom')"])
     assert failed.returncode == 1

@@ -567,20 +567,38 @@ class ProcessRun:
         return json.loads(lines[-1])
 
 
+# The child runs under this launcher, which reports the kernel's high-water mark of the child and
+# of its waited-for descendants (RUSAGE_CHILDREN). Not wait4() on a child spawned from here: a
+# process keeps the largest RSS it ever had across exec(), and a child forked from pytest starts
+# life as a copy of pytest (GBs after the benchmarks before it), so its ru_maxrss would be ours.
+_LAUNCHER = """
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc)
+"""
+
+
 def run_fresh_process(argv: list[str], env: Mapping[str, str] | None = None,
                       cwd: str | os.PathLike | None = None, interval: float = 0.1) -> ProcessRun:
     """Run `argv` in a new process and wait for it. Its peak RSS is that of its whole tree: the
-    most of (a) the summed RSS of the child and all its descendants, sampled every `interval`
-    s, and (b) the kernel's high-water mark of the child and of its largest waited-for
-    descendant (wait4), which no sampling can miss. An end-to-end benchmark runs this way so
-    that its memory is its own, not the pytest session's (whose RSS, and whose lifetime
-    maxima, include every benchmark before it)."""
+    most of (a) the summed RSS of the process and all its descendants, sampled every `interval`
+    s, and (b) the kernel's high-water mark of the process and of its largest waited-for
+    descendant, which no sampling can miss (reported by a small launcher between this process
+    and the child: see _LAUNCHER). An end-to-end benchmark runs this way so that its memory is
+    its own, not the pytest session's (whose RSS, and whose lifetime maxima, include every
+    benchmark before it)."""
+    import signal
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=None if env is None else
-                                dict(env), cwd=cwd)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as tmp:
+        hwm_file = Path(tmp) / "maxrss"
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(hwm_file), *argv],
+                                stdout=out, stderr=err, env=None if env is None else dict(env),
+                                cwd=cwd, start_new_session=True)
         peak = [0]
         stop = threading.Event()
 
@@ -593,15 +611,17 @@ def run_fresh_process(argv: list[str], env: Mapping[str, str] | None = None,
         try:  # wait for the exit without reaping, so the sampler never reads a reused pid
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         except BaseException:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             raise
         finally:
             stop.set()
             sampler.join()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait()
+        try:
+            hwm = int(hwm_file.read_text()) * 1024  # ru_maxrss is in KiB on Linux
+        except (OSError, ValueError):
+            hwm = 0
         out.seek(0)
         err.seek(0)
         return ProcessRun(proc.returncode, out.read().decode(errors="replace"),
-                          err.read().decode(errors="replace"),
-                          max(peak[0], usage.ru_maxrss * 1024))
+                          err.read().decode(errors="replace"), max(peak[0], hwm))
