@@ -50,12 +50,13 @@ demo: venv
 	rm -rf $(DEMO_LEADERBOARD)
 	$(VENV)/bin/cvbench suite demo --leaderboard $(DEMO_LEADERBOARD) --show --no-progress
 
+# The unit tests and every non-slow benchmark once, unguarded (pytest-benchmark runs each
+# benchmarked function once under xdist), in parallel: every test is hermetic. TEST_JOBS=0 runs
+# them in one process. Guarded benchmark runs: pytest --benchmark, make bench.
+TEST_JOBS ?= auto
 test: venv
 	$(VENV)/bin/ruff check cvbench baselines deep tests
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/benchmarks
-	@echo "benchmarks, once each in fast mode, unguarded (guarded runs: pytest --benchmark, make bench):"
-	$(PY) -m pytest -q -p no:cacheprovider tests/benchmarks -m "not slow" --benchmark-enable \
-	  --benchmark-min-rounds=1 --benchmark-max-time=0 --benchmark-warmup=off --benchmark-columns=min,mean,rounds
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) tests tests/benchmarks
 
 # Every benchmark, the slow end-to-end ones included, guarded against
 # tests/benchmarks/baseline.json (`pytest --benchmark` is the same without the slow ones).

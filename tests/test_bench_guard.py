@@ -269,8 +269,9 @@ def test_plugin_runs_updates_and_fails_by_name(pytester, monkeypatch):
         with contextlib.suppress(ImportError):
             importlib.import_module(mod)
     pytester.makepyfile(test_x=_BENCH_FILE)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # pytest-benchmark turns off there
     baseline = pytester.path / "b.json"
-    common = ["-p", "tests.benchmarks.plugin", "-p", "no:cacheprovider",
+    common = ["-p", "tests.benchmarks.plugin", "-p", "no:cacheprovider", "-p", "no:xdist",
               f"--benchmark-baseline={baseline}", "--benchmark-max-time=0.02"]
     r = pytester.runpytest_inprocess(*common)  # no --benchmark: no guard, nothing written
     r.assert_outcomes(passed=5)

@@ -33,7 +33,8 @@ peak RSS of its process tree is its own: one with joblib workers is timed in wal
 (``@pytest.mark.benchmark(timer=time.perf_counter)``: its target is a wall time), a
 single-process one in the child's CPU seconds (``timer=tree_process_time``).
 
-Verdicts: "FAIL" when figure / baseline > 1 + tolerance (25% unless the baseline names one),
+Verdicts: "FAIL" when figure / baseline > 1 + tolerance (25% unless the baseline file sets its
+"default_tolerance" or a benchmark its own; the committed one sets 50%, see its meta),
 "faster" when below 1 / (1 + tolerance) (refresh the baseline if that was intended), "new"
 when the baseline has no entry, else "ok".
 

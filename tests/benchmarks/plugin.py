@@ -164,9 +164,12 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.stash.get(_KEY, None) is None or config.getoption("cvbench_all") or config.option.markexpr:
+    """The slow benchmarks (end-to-end runs of minutes) run only with --benchmark-all (or an
+    explicit -m); the unit tests' own `slow` ones are not touched."""
+    if config.getoption("cvbench_all") or config.option.markexpr:
         return
-    slow = [it for it in items if it.get_closest_marker("slow")]
+    slow = [it for it in items if it.get_closest_marker("slow")
+            and BENCH_DIR in Path(str(it.path)).resolve().parents]
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [it for it in items if not it.get_closest_marker("slow")]
