@@ -158,6 +158,15 @@ def test_run_one_on_demo_records_everything():
     assert len(load_records("demo")) == 1
 
 
+_SHRINK_SWEEP = """
+    [[run]]
+    method = "test-nearest-mean"
+    label = "nearest mean"
+    params = { shrink = [0.0, 0.5] }
+    seeds = [0, 1]
+"""  # 2 parameter points x 2 seeds = 4 runs
+
+
 def _demo_suite(tmp_path, body):
     path = tmp_path / "demo.toml"
     path.write_text('task = "demo"\n' + textwrap.dedent(body))
@@ -165,12 +174,7 @@ def _demo_suite(tmp_path, body):
 
 
 def test_suite_resumes_and_renders_deterministically(tmp_path):
-    path = _demo_suite(tmp_path, """
-        [[run]]
-        method = "test-nearest-mean"
-        label = "nearest mean"
-        params = { shrink = [0.0, 0.5] }
-        seeds = [0, 1]
+    path = _demo_suite(tmp_path, _SHRINK_SWEEP + """
         [[run]]
         method = "test-nearest-mean"
         label = "gpu protocol"
@@ -463,13 +467,7 @@ def test_demo_target_writes_nothing_into_the_committed_leaderboard(tmp_path, cap
 def test_results_csv_round_trips_with_the_records(tmp_path):
     import csv
 
-    path = _demo_suite(tmp_path, """
-        [[run]]
-        method = "test-nearest-mean"
-        label = "nearest mean"
-        params = { shrink = [0.0, 0.5] }
-        seeds = [0, 1]
-    """)
+    path = _demo_suite(tmp_path, _SHRINK_SWEEP)
     run_suite("demo", RunOptions(device="cpu", progress=False), path=path, log=lambda m: None)
     index = render_all(tasks=[get_task("demo")])
     rows = list(csv.DictReader(open(index.parent / "results.csv")))
