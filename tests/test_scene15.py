@@ -174,4 +174,27 @@ def test_page_section_sets_runs_beside_the_study(tmp_path):
     md = page_sections(records + [hellinger], tmp_path)
     ours = md[md.index("our improvement, not the study's setting"):]
     assert "0.6677" in ours and "0.6677" not in md[:md.index("our improvement")]
+    assert 'titled "the study\'s pipeline"' in md
+    md = page_sections([r for r in records if r.label != "BoW"] + [hellinger], tmp_path)
+    assert "the study's pipeline" not in md and "No bag-of-SIFT record here is at the study's" in md
     assert page_sections([], tmp_path) == ""
+
+
+def test_suite_has_a_block_at_the_study_pipeline():
+    """The committed suite runs the study's exact bag of SIFT (what the page's study table
+    needs): L1 histograms, L1 metric, 400 words, no pyramid, steps 1/3/5, k 1..10."""
+    from cvbench.methods import create_method, full_params
+    from cvbench.paths import repo_root
+    from cvbench.suite import load_suite
+    from cvbench.tasks.scene15.report import _BOW_STUDY
+
+    specs = load_suite(repo_root() / "suites" / "scene15.toml", "scene15").specs()
+    exact = {}
+    for s in specs:
+        if s.method != "bow-sift":
+            continue
+        params = full_params(create_method("bow-sift", **s.params))
+        if all(params.get(k) == v for k, v in _BOW_STUDY.items()):
+            exact.setdefault(params["step"], set()).add(params["k"])
+    assert {step: sorted(ks) for step, ks in exact.items()} == {
+        step: list(range(1, 11)) for step in (1, 3, 5)}
