@@ -180,6 +180,13 @@ def test_bench_fisher_encode(benchmark):
 # step 4 with the default backend (vlfeat where installed) and step 1 with numpy; the targets
 # are for a quiet 2-core machine, checked as the time on the baseline's reference machine.
 # (Step 1 with vlfeat, ~5x slower than numpy, and step 4 numpy are left out of `make bench`.)
+# Both time targets are below what the 2-core reference VM can do, by the baseline's own
+# per-descriptor figures (CPU s, 1 thread): VLFeat at step 4 takes 20.0 ms per 256x256 image
+# (3721 descriptors), so scene15's 3000 images (~3800 descriptors each) need ~61 CPU-s, 30.6 s
+# on 2 cores, for extraction alone; at step 1 the 181M descriptors cost 0.62 us each to extract
+# (numpy, 59,536 in 37.2 ms) and 1.38 us each to assign to 400 words (the fused GEMM, 45,308
+# in 62.7 ms), 363 CPU-s, 182 s on 2 cores before decode, vocabulary and k-means. They stay
+# as targets: `make bench` reports them missed rather than passing on a lowered bar.
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.benchmark(timer=time.perf_counter)  # the work runs in joblib workers: wall clock
