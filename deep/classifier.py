@@ -318,6 +318,14 @@ class DeepClassifier(Method, TrainHooks):
 
     # ------------------------------------------------------------------ estimator API
 
+    def carve(self, split: Split) -> tuple[Split, Split | None]:
+        """(train, validation) as `fit` splits `split`: val_fraction of it, seeded, grouped by
+        val_group or the task's val_group_key; validation is None when val_fraction is 0."""
+        if not (self.val_fraction and self.val_fraction > 0):
+            return split, None
+        group = self.val_group or split.meta.get("val_group_key")
+        return carve_validation(split, float(self.val_fraction), seed=int(self.seed), group_key=group)
+
     def fit(self, split: Split) -> DeepClassifier:
         """Train on `split` (minus a carved validation part when val_fraction > 0)."""
         t_start = time.perf_counter()
@@ -327,10 +335,7 @@ class DeepClassifier(Method, TrainHooks):
         self.condition_augment_ = split.augment
         self.classes_ = split.classes
         self.n_classes_ = split.n_classes
-        train, val = split, None
-        if self.val_fraction and self.val_fraction > 0:
-            group = self.val_group or split.meta.get("val_group_key")
-            train, val = carve_validation(split, float(self.val_fraction), seed=int(self.seed), group_key=group)
+        train, val = self.carve(split)
         self.aux_heads_ = self._aux_heads(train)
         self.image_size_ = self._image_size(split)
         self.augment_spec_ = parse_augment(self.augment, self.image_size_)
@@ -362,7 +367,7 @@ class DeepClassifier(Method, TrainHooks):
         """(n, n_classes) softmax probabilities; with auxiliary heads, a Scores whose aux
         holds each head's probabilities."""
         self._check_fitted()
-        outputs = self.trainer_.predict_outputs(self.pixels(split))
+        outputs = self._outputs(split)
         if len(outputs) == 0:
             return np.zeros((0, self.n_classes_))
         scores = self.scores_from_outputs(outputs).numpy().astype(np.float64)
@@ -377,6 +382,11 @@ class DeepClassifier(Method, TrainHooks):
         return Scores(scores, aux)
 
     # ------------------------------------------------------------------ internals
+
+    def _outputs(self, split: Split) -> torch.Tensor:
+        """The trained net's raw outputs (n, n_outputs) on `split` (a method may average
+        test-time augmentations here)."""
+        return self.trainer_.predict_outputs(self.pixels(split))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):

@@ -38,18 +38,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvbench.errors import UserError
-from cvbench.methods import Scores, register_method
+from cvbench.methods import register_method
 from cvbench.params import Choice, Float, Text
-from cvbench.split import Split, carve_validation
+from cvbench.split import Split
 
 from .augment import parse_normalize
 from .classifier import DeepClassifier
 from .models_base import ClassifierNet
 from .retinopathy import (
     DEFAULT_THRESHOLDS,
-    fast_qwk,
-    grades_from_values,
-    optimise_thresholds,
+    fit_validation_thresholds,
     threshold_scores,
 )
 
@@ -152,15 +150,13 @@ def apply_mode(net: ClassifierNet, mode: str) -> FineTuneNet:
     """Set requires_grad on `net` for `mode` (see the module doc) and wrap it so that the
     frozen blocks of "last:N" stay in eval mode."""
     kind, n = parse_mode(mode)
-    head = {id(p) for p in net.head.parameters()}
     frozen: list[nn.Module] = []
-    for p in net.parameters():
-        p.requires_grad = kind == "full" or id(p) in head
+    net.requires_grad_(kind == "full")
+    net.head.requires_grad_(True)
     if kind == "frozen_bn":
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                for p in m.parameters():
-                    p.requires_grad = True
+                m.requires_grad_(True)
     elif kind == "last":
         blocks = body_blocks(net)
         if n > len(blocks):
@@ -168,8 +164,7 @@ def apply_mode(net: ClassifierNet, mode: str) -> FineTuneNet:
                             f"(last:0 trains the head alone, last:{len(blocks)} the whole body)")
         for block in blocks[len(blocks) - n:]:
             for module in block:
-                for p in module.parameters():
-                    p.requires_grad = True
+                module.requires_grad_(True)
         frozen = [m for block in blocks[: len(blocks) - n] for m in block]
     return FineTuneNet(net, frozen)
 
@@ -303,40 +298,21 @@ class FineTune(DeepClassifier):
         return self
 
     def _outputs(self, split: Split) -> torch.Tensor:
+        """Raw outputs, averaged with those of the mirror images when tta="flip"."""
         x = self.pixels(split)
         outputs = self.trainer_.predict_outputs(x)
         if self.tta == "flip" and len(outputs):
             outputs = 0.5 * (outputs + self.trainer_.predict_outputs(np.ascontiguousarray(x[:, :, ::-1])))
         return outputs
 
-    def predict_scores(self, split: Split) -> np.ndarray | Scores:
-        self._check_fitted()
-        outputs = self._outputs(split)
-        if len(outputs) == 0:
-            return np.zeros((0, self.n_classes_))
-        scores = self.scores_from_outputs(outputs).numpy().astype(np.float64)
-        if self.ordinal or not self.aux_heads_:
-            return scores
-        aux, offset = {}, self.n_classes_
-        for key, classes in self.aux_heads_:
-            aux[key] = torch.softmax(outputs[:, offset:offset + len(classes)], dim=1).numpy().astype(np.float64)
-            offset += len(classes)
-        return Scores(scores, aux)
-
     def _fit_thresholds(self, split: Split) -> dict[str, Any]:
         """QWK thresholds on the validation carve the engine held out (same fraction, seed
         and grouping), from the trained net's scalar outputs."""
-        group = self.val_group or split.meta.get("val_group_key")
-        val = carve_validation(split, float(self.val_fraction), seed=int(self.seed), group_key=group)[1]
+        val = self.carve(split)[1]
         values = self._outputs(val)[:, 0].numpy().astype(np.float64)
-        k = self.n_classes_
-        default_qwk = fast_qwk(val.labels, grades_from_values(values, DEFAULT_THRESHOLDS), k)
-        self.thresholds_ = optimise_thresholds(val.labels, values, n_classes=k)
-        fitted_qwk = fast_qwk(val.labels, grades_from_values(values, self.thresholds_), k)
-        return {"objective": "ordinal (MSE on the grade)", "default_thresholds": list(DEFAULT_THRESHOLDS),
-                "thresholds": [round(float(v), 4) for v in self.thresholds_], "val_n": len(val),
-                "val_group": group, "val_qwk_default": round(float(default_qwk), 4),
-                "val_qwk_fitted": round(float(fitted_qwk), 4),
+        self.thresholds_, info = fit_validation_thresholds(val.labels, values, self.n_classes_)
+        return {"objective": "ordinal (MSE on the grade)", **info,
+                "val_group": self.val_group or split.meta.get("val_group_key"),
                 "note": "thresholds fitted on this validation carve, so its fitted QWK is optimistic"}
 
 

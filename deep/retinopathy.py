@@ -34,7 +34,7 @@ from cvbench.errors import UserError
 from cvbench.methods import Method, register_method
 from cvbench.metrics import quadratic_weighted_kappa_fast
 from cvbench.params import Bool, Choice, Float, Int, Text
-from cvbench.split import Split, carve_validation
+from cvbench.split import Split
 from cvbench.tasks.retinopathy.fundus import PREPROCESS_MODES, prepare_fundus
 
 from .classifier import DeepClassifier, _zoo_model
@@ -111,6 +111,19 @@ def optimise_thresholds(y_true: np.ndarray, values: np.ndarray, n_classes: int =
         if res.fun < best - 1e-12:
             best_t, best = np.sort(res.x), float(res.fun)
     return np.sort(best_t)
+
+
+def fit_validation_thresholds(y_true: np.ndarray, values: np.ndarray,
+                              n_classes: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """`optimise_thresholds` on a validation split's scalar grades, and what a record keeps of
+    it: the default and fitted thresholds, the split's size and its QWK under each."""
+    default_qwk = fast_qwk(y_true, grades_from_values(values, DEFAULT_THRESHOLDS), n_classes)
+    t = optimise_thresholds(y_true, values, n_classes=n_classes)
+    fitted_qwk = fast_qwk(y_true, grades_from_values(values, t), n_classes)
+    return t, {"default_thresholds": list(DEFAULT_THRESHOLDS),
+               "thresholds": [round(float(v), 4) for v in t], "val_n": len(y_true),
+               "val_qwk_default": round(float(default_qwk), 4),
+               "val_qwk_fitted": round(float(fitted_qwk), 4)}
 
 
 def _simplex(start: np.ndarray, step: float = 0.3) -> np.ndarray:
@@ -455,7 +468,7 @@ class FundusClassifier(DeepClassifier):
                               "note": None if self.unfreeze_after is None or self._unfrozen_at
                               else f"unfreeze_after not reached: training stopped after "
                                    f"{self.result_.epochs_run} epochs"}
-        val = self._val_split(prepared)
+        val = self.carve(prepared)[1]
         if val is not None:
             outputs = self.trainer_.predict_outputs(self.pixels(val))
             if self.thresholded:
@@ -476,13 +489,6 @@ class FundusClassifier(DeepClassifier):
             return None
         return int(count_parameters(self._net, trainable_only=True))
 
-    def _val_split(self, prepared: Split) -> Split | None:
-        """The validation split the engine carved (same fraction, seed and patient grouping)."""
-        if not self.val_fraction:
-            return None
-        group = self.val_group or prepared.meta.get("val_group_key")
-        return carve_validation(prepared, float(self.val_fraction), seed=int(self.seed), group_key=group)[1]
-
     def _val_metrics(self, val: Split, outputs: torch.Tensor) -> dict[str, Any]:
         """QWK and accuracy on the validation split: what hyper-parameters are chosen by."""
         from cvbench.metrics import accuracy, quadratic_weighted_kappa
@@ -496,16 +502,9 @@ class FundusClassifier(DeepClassifier):
 
     def _fit_thresholds(self, val: Split, outputs: torch.Tensor) -> dict[str, Any]:
         """Thresholds maximising QWK on the patient-level validation split."""
-        from cvbench.metrics import quadratic_weighted_kappa
-
-        values = self.scalar_grade(outputs).numpy()
-        default_qwk = quadratic_weighted_kappa(val.labels, grades_from_values(values, DEFAULT_THRESHOLDS), 5)
-        t = optimise_thresholds(val.labels, values, n_classes=self.n_classes_)
-        self.thresholds_ = t
-        fitted_qwk = quadratic_weighted_kappa(val.labels, grades_from_values(values, t), 5)
-        return {"objective": self.objective, "default_thresholds": list(DEFAULT_THRESHOLDS),
-                "thresholds": [round(float(v), 4) for v in t], "val_n": len(val),
-                "val_qwk_default": round(float(default_qwk), 4), "val_qwk_fitted": round(float(fitted_qwk), 4)}
+        self.thresholds_, info = fit_validation_thresholds(
+            val.labels, self.scalar_grade(outputs).numpy(), self.n_classes_)
+        return {"objective": self.objective, **info}
 
 
 def _sigmas(text: str) -> tuple[float, ...]:
