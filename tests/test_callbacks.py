@@ -27,6 +27,7 @@ from cvbench.deep.engine import (
 )
 from cvbench.deep.retinopathy import UnfreezeBody
 from cvbench.errors import UserError
+from tests.test_engine import InterruptAt
 
 torch.set_num_threads(1)
 
@@ -319,15 +320,6 @@ def test_unfreeze_body_after_epochs_and_state():
     restored.load_state_dict(cb.state_dict(), types.SimpleNamespace(optimizer=fresh_opt))
     assert restored.unfrozen_at == 2 and len(fresh_opt.param_groups) == 2
     fresh_opt.load_state_dict(optimizer.state_dict())  # the groups match
-
-
-class InterruptAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, trainer, state):
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_unfreeze_resume_equals_uninterrupted(tmp_path):

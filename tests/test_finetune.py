@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from cvbench.deep import finetune as ft
-from cvbench.deep.engine import Callback
 from cvbench.deep.retinopathy import grades_from_values
 from cvbench.errors import UserError
 from cvbench.methods import create_method, get_method_spec
 from cvbench.params import validate_params
 from cvbench.split import Split
+from tests.test_engine import InterruptAt
 from tests.tiny_backbone import NAME, TinyNet, one_thread, register_tiny
 
 TINY = dict(backbone=NAME, image_size=16, epochs=1, batch_size=8, device="cpu", val_fraction=0.0,
@@ -110,15 +110,6 @@ def test_backbone_normalisation_and_pretrained_body():
     # frozen_bn on one epoch: the convolutions are still the pretrained ones
     loaded = load_backbone(NAME, fuse=False).model
     assert torch.equal(m.model_.net.body[0].weight, loaded.body[0].weight)
-
-
-class InterruptAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, trainer, state):
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_resume_equals_uninterrupted(monkeypatch, tmp_path):
