@@ -26,7 +26,6 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -360,7 +359,6 @@ class BowSift(Method):
                 "levels": int(self.pyramid_levels), "hist_norm": self.hist_norm}
 
     def fit(self, split):
-        self.validate({"n_train": len(split)})
         t_start = time.perf_counter()
         p = make_sift_params(self.step, self.bin_size, self.scales, self.backend, self.smooth,
                              self.contrast_threshold, self.max_side)
@@ -447,61 +445,3 @@ class BowSift(Method):
 def peak_rss_mib() -> float:
     """Peak resident memory (MiB) of this process; joblib workers (alive) are not counted."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-# ---------------------------------------------------------------- validation sweeps
-
-
-def validation_sweep(train, configs: list[dict[str, Any]], fraction: float = 0.2, seed: int = 0,
-                     k_values: list[int] | None = None) -> Iterator[dict[str, Any]]:
-    """Accuracy of each config on a stratified validation carve of TRAIN (never test).
-
-    A config is a bow-sift parameter dict, or names another classical method with a "method"
-    key (e.g. "fisher-sift"; it must have transform() and clf_). Each config is fitted on
-    train-minus-val (its own vocabulary) and scored on val; with `k_values`, every k-NN k is
-    scored from the same fitted encodings. Yields one row per (config, k) with the accuracy,
-    used to choose the suite's hyper-parameters.
-    """
-    from cvbench.methods import create_method
-    from cvbench.split import carve_validation
-
-    fit_split, val = carve_validation(train, fraction=fraction, seed=seed)
-    for cfg in configs:
-        t0 = time.perf_counter()
-        params = {k: v for k, v in cfg.items() if k != "method"}
-        m = create_method(cfg.get("method", "bow-sift"), **params).fit(fit_split)
-        H = m.transform(val)
-        ks = k_values if (k_values and cfg.get("method", "bow-sift") == "bow-sift"
-                          and cfg.get("classifier", "knn") == "knn") else [None]
-        for k in ks:
-            if k is not None:
-                m.clf_ = make_classifier("knn", k=int(k), metric=m.metric, weighted=bool(m.weighted))
-                m.clf_.fit(m.transform(fit_split), fit_split.labels, n_classes=train.n_classes)
-            acc = float((m.clf_.decision_scores(H).argmax(1) == val.labels).mean())
-            yield {**cfg, **({"k": k} if k is not None else {}), "val_accuracy": round(acc, 4),
-                   "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def _main(argv: list[str] | None = None) -> None:
-    """Validation sweep from the shell (prints one JSON row per config and k):
-
-    python -c 'from cvbench.baselines.bow import _main; _main()' --configs '[{...}]' --k 1,5
-    """
-    import argparse
-    import json
-
-    from cvbench.paths import data_root
-    from cvbench.tasks import get_task
-
-    ap = argparse.ArgumentParser(description=_main.__doc__)
-    ap.add_argument("--task", default="scene15")
-    ap.add_argument("--configs", required=True, help="JSON list of bow-sift parameter dicts")
-    ap.add_argument("--k", default="", help="comma-separated k values scored for k-NN configs")
-    ap.add_argument("--fraction", type=float, default=0.2)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    task = get_task(args.task)
-    train, _ = task.load(data_root() / task.folder, args.seed, False)
-    ks = [int(k) for k in args.k.split(",") if k] or None
-    for row in validation_sweep(train, json.loads(args.configs), args.fraction, args.seed, ks):
-        print(json.dumps(row), flush=True)

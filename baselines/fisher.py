@@ -276,7 +276,6 @@ class FisherSift(Method):
         return model, False, {"sample_s": round(t1 - t0, 3), "gmm_s": round(time.perf_counter() - t1, 3)}
 
     def fit(self, split):
-        self.validate({"n_train": len(split)})
         t_start = time.perf_counter()
         p = make_sift_params(self.step, self.bin_size, self.scales, self.backend, self.smooth,
                              0.0, self.max_side)

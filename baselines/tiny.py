@@ -217,7 +217,6 @@ class _TinyBase(Method):
         raise NotImplementedError
 
     def fit(self, split: Split):
-        self.validate({"n_train": len(split)})
         X, extract_s, hit = self._features(split)
         t0 = time.perf_counter()
         clf = self._classifier()

@@ -29,7 +29,7 @@ def parse_sets(pairs: list[str]) -> dict:
 
 
 def _options(args, **over):
-    from .run import RunOptions
+    from .plan import RunOptions
 
     fields = dict(data_dir=args.data_dir, device=args.device, n_jobs=args.jobs,
                   quick=getattr(args, "quick", False), skip_bad=args.skip_bad,
@@ -98,7 +98,7 @@ def _render(args) -> Path:
 
 
 def cmd_suite(args) -> int:
-    from .suite import run_suite
+    from .run import run_suite
 
     try:
         report = run_suite(args.task, _options(args), only=args.only,
@@ -151,37 +151,37 @@ def _show(task_name: str, root: Path) -> None:
         print(f"{row_label(r):<{width}}  {fmt_row_metric(r, task.primary):<40} {fmt_seconds(r.run_seconds(page))}")
 
 
-def cmd_run(args) -> int:
-    from .run import plan_runs, run_group
-    from .suite import RunSpec, expand_sweep
+def _block(args, params: dict, conditions: dict | None = None):
+    """The command line's method, parameters, conditions and seed as one block (the same
+    expansion as a suite's [[run]] table)."""
+    from .plan import Block
 
-    params = parse_sets(args.set)
-    conditions = parse_sets(args.condition)
+    return Block(method=args.method, label=args.label or args.method, params=params,
+                 conditions=conditions or {}, seeds=[args.seed])
+
+
+def cmd_run(args) -> int:
+    from .plan import expand, plan_runs
+    from .run import execute
+
     options = _options(args, save=not args.no_save, force=True)
-    specs = []
-    names = list(params) + list(conditions)
-    for point, swept in expand_sweep({**params, **conditions}):
-        specs.append(RunSpec(method=args.method, params={k: point[k] for k in params},
-                             conditions={k: point[k] for k in conditions}, seed=args.seed,
-                             label=args.label or args.method,
-                             sweep=tuple(k for k in names if k in swept)))
-    plan = plan_runs(args.task, specs, options, log=lambda m: None)
-    for group in plan.groups:
-        for rec in run_group(plan, group, group.runs, options):
-            print(_result_line(rec) + ("" if options.save else " (not saved)"))
+    block = _block(args, parse_sets(args.set), parse_sets(args.condition))
+    plan = plan_runs(args.task, expand([block]), options, log=lambda m: None)
+    report = execute(plan, options, on_record=lambda rec: print(
+        _result_line(rec) + ("" if options.save else " (not saved)")))
     if options.save:
         _render(args)
-    return 0
+    return 1 if report.failed else 0
 
 
 def cmd_eval(args) -> int:
     """One method on every task (its standard protocol) into a private leaderboard, next to
     the committed leaderboard's best run per family."""
     from .paths import leaderboard_dir
+    from .plan import expand, plan_runs
     from .report import fmt
     from .results import load_records
-    from .run import plan_runs, run_group
-    from .suite import RunSpec
+    from .run import execute
     from .tasks import get_task, list_tasks
 
     if not args.leaderboard:
@@ -192,16 +192,20 @@ def cmd_eval(args) -> int:
     names = [t.name for t in list_tasks()] if args.tasks == "all" else [n.strip() for n in args.tasks.split(",")]
     tasks = [get_task(n) for n in names]
     options = _options(args, force=True)
-    params = parse_sets(args.set)
+    block = _block(args, parse_sets(args.set))
     rows = []
     for task in tasks:
         if not task.has_data(args.data_dir):
             print(f"{task.name}: skipped (no data at {task.data_path(args.data_dir)})")
             continue
-        spec = RunSpec(method=args.method, params=params, seed=args.seed, label=args.label or args.method)
-        plan = plan_runs(task, [spec], options, log=lambda m: None)
-        rec = run_group(plan, plan.groups[0], plan.groups[0].runs, options)[0]
-        print(_result_line(rec))
+        plan = plan_runs(task, expand([block]), options, log=lambda m: None)
+        done: list = []
+        execute(plan, options, on_record=done.append)
+        for rec in done:
+            print(_result_line(rec))
+        if not done:
+            continue
+        rec = done[0]
         committed = [r for r in load_records(task.name, warn=lambda m: None)
                      if not r.quick and r.test_fingerprint == rec.test_fingerprint]
         best: dict[str, object] = {}
@@ -217,6 +221,34 @@ def cmd_eval(args) -> int:
     for line in rows:
         print("  " + " | ".join(line))
     print(f"private leaderboard: {private / 'index.md'}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Score every sweep point on the task's validation carve of train (cvbench.tune)."""
+    from .tune import tune
+
+    lr_range = None
+    if not args.no_lr_range:
+        try:
+            lo, hi = (float(x) for x in args.lr_range.split(","))
+        except ValueError:
+            raise UserError(f"--lr-range expects MIN,MAX (e.g. 1e-6,1), got {args.lr_range!r}") from None
+        lr_range = (lo, hi)
+    if not 0 < args.fraction < 1:
+        raise UserError(f"--fraction must be between 0 and 1 (the share of train held out), got {args.fraction}")
+    block = _block(args, parse_sets(args.set), parse_sets(args.condition))
+    result = tune(args.task, block, _options(args, save=False), fraction=args.fraction,
+                  lr_range=lr_range, lr_steps=args.lr_steps, out=Path(args.out))
+    print()
+    print(result.table())
+    if result.rows:
+        best = result.rows[result.best]
+        print(f"best on validation: {best['point'] or best['params']} ({result.metric} {best['score']:.4f})")
+    if result.lr_range and result.lr_range.get("suggested_lr"):
+        print(f"learning-rate range test: suggested lr {result.lr_range['suggested_lr']:.3g}")
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 
@@ -298,6 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--label", help="label for the pages (default: the method name)")
     e.add_argument("--quick", action="store_true", help="small per-class subsets")
     e.set_defaults(fn=cmd_eval)
+
+    t = sub.add_parser("tune", parents=[common],
+                       help="score a method's sweep on a validation carve of train (never the test split)")
+    t.add_argument("task")
+    t.add_argument("method")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter; a list sweeps (repeatable)")
+    t.add_argument("--condition", action="append", metavar="NAME=VALUE", help="a task condition (repeatable; lists sweep)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the carve and of the method (default 0)")
+    t.add_argument("--label", help=argparse.SUPPRESS)
+    t.add_argument("--fraction", type=float, default=0.2, help="share of train held out for validation (default 0.2)")
+    t.add_argument("--quick", action="store_true", help="a small per-class subset of train and the quick overrides")
+    t.add_argument("--lr-range", default="1e-6,1", metavar="MIN,MAX",
+                   help="learning-rate range test of deep methods, from MIN to MAX (default 1e-6,1)")
+    t.add_argument("--lr-steps", type=int, default=100, help="at most this many steps of the range test (default 100)")
+    t.add_argument("--no-lr-range", action="store_true", help="skip the learning-rate range test")
+    t.add_argument("--out", default=".cache/tune", help="folder for the table and figure (default .cache/tune)")
+    t.set_defaults(fn=cmd_tune)
 
     lb = sub.add_parser("leaderboard", parents=[common], help="re-render leaderboard pages from records")
     lb.add_argument("--leaderboard", help="leaderboard folder (default: leaderboard/)")

@@ -60,9 +60,11 @@ def split_conditions(conditions: Mapping[str, Any], known: Mapping[str, Conditio
     return train, test
 
 
-def apply_train(train, conditions: Mapping[str, Any], known: Mapping[str, Condition], seed: int):
-    """The training split under the run's training-side conditions (train, then batches)."""
-    for stage in ("train", "train_batches"):
+def apply_train(train, conditions: Mapping[str, Any], known: Mapping[str, Condition], seed: int,
+                stages: tuple[str, ...] = ("train", "train_batches")):
+    """The training split under the run's training-side conditions (train, then batches);
+    `stages` picks one of them (the plan draws the training split, the run adds batches)."""
+    for stage in stages:
         for name, value in sorted(conditions.items()):
             cond = known[name]
             if cond.acts_on == stage:

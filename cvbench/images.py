@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -67,6 +68,13 @@ def load_image(
         raise BadImageError(path, f"refused: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
+
+
+def decode_item(item: Any, max_side: int | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) RGB of a split item: an image path, or a uint8 (H, W[, C]) array."""
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+        return to_rgb(item)
+    return load_image(item, mode="rgb", max_side=max_side)
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:

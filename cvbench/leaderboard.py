@@ -38,7 +38,8 @@ FAMILY_ORDER = ("classical", "deep", "pretrained", "baseline")
 
 
 def _header(task: Task, records: list[RunRecord], quick: list[RunRecord]) -> list[str]:
-    lines = [f"# {task.name} — {task.title}\n", f"Source study: {task.source}.\n"]
+    lines = [f"# {task.name} — {task.title}\n",
+             f"Source study: {task.source} ([what it did and claimed](../docs/studies.md#{task.name})).\n"]
     if task.notes:
         lines.append(task.notes.strip() + "\n")
     if not records and not quick:
@@ -88,7 +89,7 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[RunRecord]],
         "# cvbench leaderboard\n",
         "Every number below comes from a stored run record (`leaderboard/results/<task>.jsonl`), "
         "rendered by `cvbench leaderboard`; `leaderboard/results.csv` holds the same rows for tools. "
-        "Data variants are named: most tasks here run on the subsets in `../shared/data`, not the "
+        "Data variants are named: most tasks here run on the subsets each data line names, not the "
         "full datasets, and CPU runs use small recorded budgets, not the source studies' GPU "
         "protocols. Each score comes with the bootstrap 95% interval of that metric.\n",
         "## Overview: best configuration of each method family\n",

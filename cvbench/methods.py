@@ -187,13 +187,16 @@ def register_method(name: str, family: str = "classical", description: str = "")
 
 
 def load_plugins() -> None:
-    """Import the built-in method packages, $CVBENCH_PLUGINS (comma-separated modules) and
-    the `cvbench.plugins` entry-point group, so their @register_method calls run."""
+    """Import the built-in method packages, every task's methods.py, $CVBENCH_PLUGINS
+    (comma-separated modules) and the `cvbench.plugins` entry-point group, so their
+    @register_method calls run."""
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    for mod in PLUGIN_MODULES:
+    from .tasks import method_modules
+
+    for mod in (*PLUGIN_MODULES, *method_modules()):
         importlib.import_module(mod)
     for mod in filter(None, (m.strip() for m in os.environ.get("CVBENCH_PLUGINS", "").split(","))):
         try:

@@ -414,6 +414,7 @@ class MetricInput:
     classes: tuple[str, ...]
     groups: Mapping[str, Any]
     seed: int = 0
+    group_key: str | None = None  # the task's grouping (e.g. patient): "group" bootstraps by it
 
 
 @dataclass(frozen=True)
@@ -421,10 +422,11 @@ class Metric:
     """A registered metric: compute(input) -> a value or a dict of named values.
 
     bootstrap: how its 95% interval is resampled, stored as `<name>_ci` for a scalar
-    metric: "item" (test items), "group:<key>" (whole groups, e.g. "group:patient" so both
-    eyes move together), or None (no interval). per_item(input) -> (n,) values makes the
-    interval the bootstrap of their mean (MAP@5 by query); pair(y_true, y_pred) -> value
-    makes it the bootstrap of that function."""
+    metric: "item" (test items), "group" (whole groups of the task's group key, task.toml's
+    `val_group_key`, e.g. both eyes of a patient move together; items where the test split has
+    no such groups), "group:<key>" (whole groups of a named key), or None (no interval).
+    per_item(input) -> (n,) values makes the interval the bootstrap of their mean (MAP@5 by
+    query); pair(y_true, y_pred, n_classes) -> value makes it the bootstrap of that function."""
 
     name: str
     compute: Callable[[MetricInput], Any]
@@ -433,16 +435,26 @@ class Metric:
     pair: Callable[[np.ndarray, np.ndarray], float] | None = None
     description: str = ""
 
+    def resampling_groups(self, inp: MetricInput) -> Any:
+        """Per-item group ids the bootstrap resamples as wholes, or None (items)."""
+        if self.bootstrap == "group":
+            key = inp.group_key
+        elif self.bootstrap and self.bootstrap.startswith("group:"):
+            key = self.bootstrap.split(":", 1)[1]
+        else:
+            return None
+        return inp.groups.get(key) if key else None  # items when the split has no such groups
+
     def interval(self, inp: MetricInput) -> list[float] | None:
         if self.bootstrap is None:
             return None
-        groups = None
-        if self.bootstrap.startswith("group:"):  # whole groups; items when the split has none
-            groups = inp.groups.get(self.bootstrap.split(":", 1)[1])
+        groups = self.resampling_groups(inp)
         if self.per_item is not None:
             return list(bootstrap_mean(self.per_item(inp), seed=inp.seed, groups=groups))
         if self.pair is not None:
-            return list(bootstrap_metric(self.pair, inp.y_true, inp.y_pred, seed=inp.seed, groups=groups))
+            k = len(inp.classes)
+            return list(bootstrap_metric(lambda t, p: self.pair(t, p, k), inp.y_true, inp.y_pred,
+                                         seed=inp.seed, groups=groups))
         return None
 
 
@@ -450,8 +462,9 @@ _METRICS: dict[str, Metric] = {}
 
 
 def register_metric(name: str, bootstrap: str | None = None, per_item=None, pair=None):
-    """Decorator: `@register_metric("qwk", bootstrap="group:patient", pair=...)` on a
-    function of a `MetricInput`. Task-only metrics register from their task's protocol.py."""
+    """Decorator: `@register_metric("qwk", bootstrap="group", pair=...)` on a function of a
+    `MetricInput`. Task-only metrics register from their task's protocol.py, which the task
+    imports when it is constructed."""
 
     def deco(fn):
         _METRICS[name] = Metric(name, fn, bootstrap, per_item, pair,
@@ -466,18 +479,9 @@ def get_metric(name: str) -> Metric:
         spec = name.removeprefix("groups:")
         return Metric(name, lambda inp: _groups_metric(inp, spec))
     if name not in _METRICS:
-        _load_task_metrics()
-    if name not in _METRICS:
-        raise ValueError(f"unknown metric {name!r}; registered: {', '.join(sorted(_METRICS))}, groups:<key>")
+        raise ValueError(f"unknown metric {name!r}; registered: {', '.join(sorted(_METRICS))}, "
+                         "groups:<key> (a task's own metrics register when the task is loaded)")
     return _METRICS[name]
-
-
-def _load_task_metrics() -> None:
-    """Import every task's protocol module: task-only metrics register there."""
-    from .tasks import get_task, task_names
-
-    for name in task_names():
-        get_task(name).module("protocol")
 
 
 def metric_names() -> list[str]:
@@ -492,12 +496,6 @@ def _groups_metric(inp: MetricInput, spec: str) -> dict[str, Any]:
 def _reciprocal_rank5(inp: MetricInput) -> np.ndarray:
     rank = _true_class_rank(inp.y_true, inp.scores)
     return np.where(rank <= 5, 1.0 / rank, 0.0)
-
-
-def _qwk_pair(n_classes: int):
-    def fn(y_true, y_pred):
-        return quadratic_weighted_kappa_fast(y_true, y_pred, n_classes)
-    return fn
 
 
 def quadratic_weighted_kappa_fast(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
@@ -532,16 +530,10 @@ def _map5(inp: MetricInput) -> dict[str, float]:
             "top5_accuracy": top_k_accuracy(inp.y_true, inp.scores, 5)}
 
 
-class _QWK(Metric):
-    def interval(self, inp: MetricInput) -> list[float] | None:
-        groups = inp.groups.get("patient")
-        return list(bootstrap_metric(_qwk_pair(len(inp.classes)), inp.y_true, inp.y_pred,
-                                     seed=inp.seed, groups=groups))
-
-
-_METRICS["qwk"] = _QWK("qwk", lambda inp: quadratic_weighted_kappa(inp.y_true, inp.y_pred, len(inp.classes)),
-                       bootstrap="group:patient",
-                       description="quadratic weighted kappa, interval resampled by patient when the test split has patients")
+@register_metric("qwk", bootstrap="group", pair=quadratic_weighted_kappa_fast)
+def _qwk(inp: MetricInput) -> float:
+    """quadratic weighted kappa, interval resampled by the task's groups (patients) where the test split has them"""
+    return quadratic_weighted_kappa(inp.y_true, inp.y_pred, len(inp.classes))
 
 
 def evaluate(
@@ -551,6 +543,7 @@ def evaluate(
     metrics: Sequence[str] = (),
     groups: Mapping[str, Any] | None = None,
     seed: int = 0,
+    group_key: str | None = None,
 ) -> dict[str, Any]:
     """Every metric a run record stores, as plain JSON values.
 
@@ -559,7 +552,8 @@ def evaluate(
     {class: {precision, recall, specificity, f1, ovr_accuracy, support}}. `metrics` (from the
     task) names registered metrics ("topk", "map5", "qwk", task-only ones) and "groups:<spec>"
     (per-group accuracy and disparity; spec = a group key or "a*b"). A registered metric with
-    a bootstrap rule adds `<name>_ci`. Predictions are argmax(scores).
+    a bootstrap rule adds `<name>_ci`; `group_key` names the groups a "group" rule resamples
+    (the task's, e.g. patient). Predictions are argmax(scores).
     """
     specs = [get_metric(m) for m in metrics if m != "per_class"]
     classes = tuple(classes)
@@ -586,7 +580,7 @@ def evaluate(
             for i, name in enumerate(classes)
         },
     }
-    inp = MetricInput(y_true, y_pred, scores, classes, groups or {}, seed)
+    inp = MetricInput(y_true, y_pred, scores, classes, groups or {}, seed, group_key)
     for spec in specs:
         value = spec.compute(inp)
         if spec.name.startswith("groups:"):

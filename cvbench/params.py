@@ -11,9 +11,9 @@ A method class declares what each `__init__` parameter accepts:
         }
 
 `validate_params(cls, params, context)` checks a parameter dict against the declaration: the
-planner calls it for every sweep point before the first fit, and `Method.fit` implementations
-call `self.validate()` again. A bad value raises `UserError` (exit 2) with one sentence naming
-the method, the parameter, the value and what was expected. `__init__` only stores.
+planner (cvbench.plan) calls it once for every run, before the first fit (`fit` does not check
+again). A bad value raises `UserError` (exit 2) with one sentence naming the method, the
+parameter, the value and what was expected. `__init__` only stores.
 
 Bools are never accepted as numbers (`k = true` is an error, not k = 1).
 """

@@ -26,7 +26,7 @@ from typing import Any
 from .atomic import atomic_open
 from .paths import leaderboard_dir
 
-SCHEMA = 2
+SCHEMA = 3
 FIXTURE_MARK = "GENERATED FIXTURE"
 
 
@@ -101,8 +101,10 @@ class RunRecord:
             raise RecordError(f"field 'schema' is {version!r}, expected an integer")
         if version > SCHEMA:
             raise RecordError(f"schema {version} is newer than this cvbench ({SCHEMA}); upgrade cvbench")
-        if version < SCHEMA:
+        if version < 2:
             d = _migrate_v1(dict(d))
+        if version < 3:
+            d = _migrate_v2(dict(d))
         for name in REQUIRED:
             if name not in d:
                 raise RecordError(f"missing field {name!r}")
@@ -283,8 +285,35 @@ def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
     facts.setdefault("feature_cache_params", _V1_FEATURE_CACHE.get(d["method"], []))
     facts.setdefault("defaults", _v1_defaults(d["method"]))
     d["method_facts"] = facts
+    d["schema"] = 2
+    return d
+
+
+def _migrate_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 -> 3: a method whose parameters were renamed says how, in its own
+    `migrate_params(params) -> params` (e.g. retinopathy's objective="regression" became
+    "ordinal"); changed parameters get the run key the current planner computes."""
+    hook = _migrate_hook(d.get("method", ""))
+    if hook is not None:
+        params = hook(dict(d.get("params") or {}))
+        facts = dict(d.get("method_facts") or {})
+        if facts.get("defaults"):
+            facts["defaults"] = hook(dict(facts["defaults"]))
+            d["method_facts"] = facts
+        if params != d.get("params"):
+            d["params"] = params
+            d["key"] = _recomputed_key(d)
     d["schema"] = SCHEMA
     return d
+
+
+def _migrate_hook(method: str):
+    try:
+        from .methods import get_method_spec
+
+        return getattr(get_method_spec(method).cls, "migrate_params", None)
+    except Exception:  # a method no longer registered keeps its record as it is
+        return None
 
 
 def _recomputed_key(d: dict[str, Any]) -> str:
@@ -362,23 +391,26 @@ def append_record(record: RunRecord, root: Path | None = None) -> Path:
     return path
 
 
-def rewrite_records(task: str, root: Path | None = None) -> int:
-    """Rewrite a task's file with every valid record migrated to the current schema (one
-    line per key, file order kept); invalid lines are kept as they are. Returns the count."""
+def rewrite_records(task: str, root: Path | None = None, warn=None) -> int:
+    """Rewrite a task's file with every valid line migrated to the current schema, in file
+    order; a line that does not validate is kept as it is and reported (file:line, why), and
+    no line is dropped. Returns the number of records at the current schema."""
     path = results_path(task, root)
     if not path.exists():
         return 0
-    records = load_records(task, root, warn=lambda m: None)
+    warn = warn or (lambda msg: print(f"cvbench: {msg}", file=sys.stderr))
     with _locked(path):
-        keep = []
-        for _lineno, line in read_lines(path):
+        out, n = [], 0
+        for lineno, line in read_lines(path):
             try:
-                RunRecord.from_json(json.loads(line))
-            except (json.JSONDecodeError, RecordError, ValueError, TypeError):
-                keep.append(line if line.endswith("\n") else line + "\n")
+                out.append(RunRecord.from_json(json.loads(line)).to_json() + "\n")
+                n += 1
+            except (json.JSONDecodeError, RecordError, ValueError, TypeError) as exc:
+                warn(f"{path}:{lineno}: kept as it is, not migrated ({exc})")
+                out.append(line if line.endswith("\n") else line + "\n")
         with atomic_open(path, "w", encoding="utf-8") as f:
-            f.writelines(keep + [r.to_json() + "\n" for r in records])
-    return len(records)
+            f.writelines(out)
+    return n
 
 
 @contextmanager

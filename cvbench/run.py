@@ -1,19 +1,14 @@
-"""Plan and execute runs: one pass per run.
-
-`plan_runs` reads the task's splits once, builds and checks every run (parameters against the
-method's declaration, conditions against the task's), computes its run key and whether it is
-already recorded, and groups runs that share one fit (same method, parameters, seed and
-training-side conditions; they differ only in test-side conditions). `execute` fits once per
-group, predicts under every test condition, evaluates and appends one record per run.
-Nothing is built or keyed twice.
+"""Execute a plan (`cvbench.plan`): fit each group of runs once, predict under every test
+condition, evaluate and append one record per run. Nothing here builds, validates or keys a
+method: the plan did that once per run.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,189 +17,38 @@ from threadpoolctl import threadpool_limits
 
 from . import env
 from .conditions import apply_test, apply_train, split_conditions
+from .derived import with_augmented_copy
 from .errors import UserError
-from .methods import (
-    RUNTIME_PARAMS,
-    Method,
-    Scores,
-    create_method,
-    full_params,
-    key_params,
-    method_facts,
-)
-from .results import RunRecord, append_record, completed_keys, run_key
-from .split import Split, drop_unreadable, per_class_limit
-from .suite import RunSpec, SuiteReport
+from .methods import Method, Scores, full_params, method_facts
+from .plan import FitGroup, Plan, PlannedRun, RunOptions, RunSpec, plan_runs, split_seed
+from .results import RunRecord, append_record
+from .split import Split
 from .tasks import Task, get_task
 
 SCORE_CLASSES_IN_FULL = 10  # up to this many classes a record keeps every score; else the top 5
 
 
 @dataclass
-class RunOptions:
-    """How to run (not what): none of these enter the run key except `quick`."""
-
-    data_dir: str | None = None
-    device: str = "auto"
-    n_jobs: int | None = None
-    quick: bool = False
-    skip_bad: bool = False
-    force: bool = False
-    save: bool = True
-    progress: bool = True
-    blas_threads: int | None = None
-    leaderboard: str | None = None  # write records here instead of the committed leaderboard
+class SuiteReport:
+    task: str
+    done: int = 0
+    resumed: int = 0
+    skipped_gpu: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    wall_s: float = 0.0
 
 
-@dataclass
-class PlannedRun:
-    spec: RunSpec
-    key: str
-    recorded: bool
-
-
-@dataclass
-class FitGroup:
-    """Runs that share one fit: the same method, parameters, seed and training conditions."""
-
-    method: str
-    params: dict[str, Any]
-    seed: int
-    train_conditions: dict[str, Any]
-    runs: list[PlannedRun] = field(default_factory=list)
-
-    @property
-    def pending(self) -> list[PlannedRun]:
-        return [r for r in self.runs if not r.recorded]
-
-
-@dataclass
-class Plan:
-    task: Task
-    splits: dict[int, tuple[Split, Split]]  # by split seed (0 unless the task splits by seed)
-    device: str
-    groups: list[FitGroup]
-    skipped_gpu: list[RunSpec] = field(default_factory=list)
-
-    @property
-    def runs(self) -> list[PlannedRun]:
-        return [r for g in self.groups for r in g.runs]
-
-    def data(self, seed: int) -> tuple[Split, Split]:
-        """(train, test) a run with this seed uses."""
-        return self.splits[split_seed(self.task, seed)]
-
-    @property
-    def train(self) -> Split:
-        return next(iter(self.splits.values()))[0]
-
-    @property
-    def test(self) -> Split:
-        return next(iter(self.splits.values()))[1]
-
-
-def split_seed(task: Task, seed: int) -> int:
-    """The seed of the train/test split a run uses: its own seed when the task draws the
-    split (hotelid's per-hotel hold-out: several seeds = several hold-out splits), else 0."""
-    return seed if task.split_by_seed else 0
-
-
-def load_task_splits(task: Task, options: RunOptions, seed: int = 0) -> tuple[Split, Split]:
-    """The task's (train, test) (drawn with `seed` where the task's split is drawn); with
-    quick, a per-class subset of each."""
-    train, test = task.load_splits(options.data_dir, seed=split_seed(task, seed), skip_bad=options.skip_bad)
-    if options.skip_bad:
-        train, test = drop_unreadable(train), drop_unreadable(test)
-    if options.quick:
-        ntr, nte = task.quick_limit
-        train = per_class_limit(train, ntr, seed=seed, name=train.name)
-        test = per_class_limit(test, nte, seed=seed, name=test.name)
-    return train, test
-
-
-def build_method(spec: RunSpec, device: str, n_jobs: int | None) -> Method:
-    """Create the method and fill in the runtime parameters it declares (seed, device, n_jobs)."""
-    method = create_method(spec.method, **spec.params)
-    declared = method.get_params(deep=False)
-    runtime = {}
-    if "seed" in declared and "seed" not in spec.params:
-        runtime["seed"] = spec.seed
-    if "device" in declared and "device" not in spec.params:
-        runtime["device"] = device
-    if "n_jobs" in declared and "n_jobs" not in spec.params and n_jobs is not None:
-        runtime["n_jobs"] = n_jobs
-    if runtime:
-        method.set_params(**runtime)
-    return method
-
-
-def _check_conditions(task: Task, spec: RunSpec) -> None:
-    known = task.conditions
-    for name, value in spec.conditions.items():
-        if name not in known:
-            valid = ", ".join(sorted(known)) or "none"
-            raise UserError(f"task {task.name!r} has no condition {name!r}; its conditions: {valid}")
-        known[name].validate(value, task.name)
-
-
-def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
-              gpu_blocks: set[int] = frozenset(), log=print,
-              splits: tuple[Split, Split] | None = None) -> Plan:
-    """Check and key every spec (see the module docstring); GPU-only blocks are dropped, and
-    said so, when the device is the CPU. `splits` replaces the task's (train, test) (tests,
-    notebooks)."""
-    task = get_task(task) if isinstance(task, str) else task
-    if options.n_jobs is not None and options.n_jobs < 1:
-        raise UserError(f"--jobs must be a positive number of processes, got {options.n_jobs}")
-    device = env.resolve_device(options.device)
-    skipped = [s for s in specs if s.block in gpu_blocks] if device == "cpu" else []
-    if skipped:
-        labels = sorted({s.label for s in skipped})
-        log(f"skipping {len(skipped)} GPU-protocol run(s) on the CPU: {'; '.join(labels)} "
-            f"(run with --device cuda on a GPU machine)")
-    specs = [s for s in specs if s not in skipped]
-    data: dict[int, tuple[Split, Split]] = {}
-    for s in sorted({split_seed(task, spec.seed) for spec in specs} or {0}):
-        data[s] = splits or load_task_splits(task, options, seed=s)
-    done = set() if options.force else completed_keys(task.name, _root(options))
-    groups: dict[str, FitGroup] = {}
-    for spec in specs:
-        train, test = data[split_seed(task, spec.seed)]
-        _check_conditions(task, spec)
-        method = build_method(spec, device, options.n_jobs)
-        method.validate({"n_train": len(train)})
-        kp = key_params(method)
-        key = run_key(task.name, [train.fingerprint, test.fingerprint], spec.method, kp, spec.seed,
-                      options.quick, spec.conditions or None)
-        train_cond, _ = split_conditions(spec.conditions, task.conditions)
-        fit_id = json.dumps([spec.method, kp, spec.seed, train_cond], sort_keys=True, default=str)
-        group = groups.setdefault(fit_id, FitGroup(spec.method, spec.params, spec.seed, train_cond))
-        if not any(r.key == key for r in group.runs):
-            group.runs.append(PlannedRun(spec, key, key in done))
-    train, test = next(iter(data.values()))
-    more = f" (x{len(data)} seeded splits)" if len(data) > 1 else ""
-    log(f"{task.name}: train {len(train)} / test {len(test)} images{more} "
-        f"({test.meta.get('variant', '')}){' [quick]' if options.quick else ''}; "
-        f"{sum(len(g.runs) for g in groups.values())} run(s) on {device}")
-    return Plan(task, data, device, list(groups.values()), skipped)
-
-
-def _root(options: RunOptions):
-    from pathlib import Path
-
-    return Path(options.leaderboard) if options.leaderboard else None
-
-
-def execute(plan: Plan, options: RunOptions, report: SuiteReport | None = None, log=print
-            ) -> SuiteReport:
-    """Fit each group with pending runs once, predict under each test condition, record."""
+def execute(plan: Plan, options: RunOptions, report: SuiteReport | None = None, log=print,
+            on_record: Callable[[RunRecord], None] | None = None) -> SuiteReport:
+    """Fit each group with pending runs once, predict under each test condition, record.
+    `on_record(record)` is called for every record (the CLI prints it)."""
     from tqdm.auto import tqdm
 
     report = report or SuiteReport(task=plan.task.name)
     t0 = time.perf_counter()
     todo = [g for g in plan.groups if options.force or g.pending]
     report.resumed += sum(len(g.runs) for g in plan.groups if g not in todo)
-    bar = tqdm(total=sum(len(g.runs) for g in todo), desc=f"suite {plan.task.name}", unit="run",
+    bar = tqdm(total=sum(len(g.runs) for g in todo), desc=plan.task.name, unit="run",
                disable=not options.progress)
     for group in todo:
         runs = group.runs if options.force else group.pending
@@ -215,10 +59,13 @@ def execute(plan: Plan, options: RunOptions, report: SuiteReport | None = None, 
             for record in run_group(plan, group, runs, options):
                 report.done += 1
                 bar.update(1)
-                primary = record.metric(plan.task.primary)
-                bar.write(f"  {record.label} {_point(record)}: {plan.task.primary} "
-                          f"{primary if primary is not None else float('nan'):.4f} "
-                          f"({record.run_seconds:.1f} s)")
+                if on_record is not None:
+                    on_record(record)
+                else:
+                    primary = record.metric(plan.task.primary)
+                    bar.write(f"  {record.label} {_point(record)}: {plan.task.primary} "
+                              f"{primary if primary is not None else float('nan'):.4f} "
+                              f"({record.run_seconds:.1f} s)")
         except UserError:
             raise
         except Exception as exc:  # one broken run must not lose a long suite
@@ -238,27 +85,31 @@ def _point(record: RunRecord) -> str:
     return f"[{swept}]" if swept else ""
 
 
+def training_split(task: Task, group: FitGroup) -> tuple[Split, dict[str, Any] | None]:
+    """The group's training split under its batch-stage conditions, and what the record says
+    of the augmentation: a method that does not augment batches itself (the deep engine does)
+    gets the split plus one augmented copy of every image."""
+    method = group.method
+    task_train = apply_train(group.train, group.train_conditions, task.conditions, group.seed,
+                             stages=("train_batches",))
+    if task_train.augment is None:
+        return task_train, None
+    aug = task_train.augment
+    how = (f"per batch, each image with probability {aug.p}" if method.batch_augment
+           else "the training split plus one augmented copy of every image")
+    if not method.batch_augment:
+        task_train = with_augmented_copy(task_train, seed=10_000 + group.seed)
+    return task_train, {"name": aug.name, "how": how, **aug.facts}
+
+
 def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunOptions
               ) -> list[RunRecord]:
     """Fit once under the group's training conditions; one record per run (test condition)."""
-    from .pixels import with_augmented_copy
-
     task = plan.task
     known = task.conditions
-    first = runs[0].spec
-    method = build_method(first, plan.device, options.n_jobs)
+    method = group.method
     base_train, base_test = plan.data(group.seed)
-    train = apply_train(base_train, group.train_conditions, known, group.seed)
-    augment = None
-    if train.augment is not None:
-        aug = train.augment
-        how = (f"per batch, each image with probability {aug.p}" if method.batch_augment
-               else "the training split plus one augmented copy of every image")
-        augment = {"name": aug.name, "how": how, **aug.facts}
-        if not method.batch_augment:
-            train = with_augmented_copy(train, seed=10_000 + group.seed)
-    method.validate({"n_train": len(train)})
-    task.module("protocol")  # task-only metrics register there
+    train, augment = training_split(task, group)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     load_before = env.load_average()
     with threadpool_limits(limits=options.blas_threads):
@@ -279,7 +130,7 @@ def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunO
         if augment:
             record.data["train_augment"] = augment
         if options.save and env.is_main_process():
-            append_record(record, _root(options))
+            append_record(record, options.root)
         records.append(record)
     return records
 
@@ -295,7 +146,7 @@ def _record(task: Task, base: tuple[Split, Split], run: PlannedRun, method: Meth
         raise RuntimeError(f"{spec.method}.predict_scores returned shape {scores.shape}, "
                            f"expected {(len(test), test.n_classes)}")
     metrics = evaluate(test.labels, scores, test.classes, metrics=task.metrics, groups=test.groups,
-                       seed=spec.seed)
+                       seed=spec.seed, group_key=task.val_group_key)
     if out.aux:
         metrics["aux"] = _aux_metrics(out.aux, test)
     info = dict(fit_info)
@@ -385,4 +236,28 @@ def run_one(task: Task | str, spec: RunSpec, options: RunOptions | None = None,
     return run_group(plan, group, group.runs, options)[0]
 
 
-__all__ = ["RUNTIME_PARAMS", "RunOptions", "RunSpec", "plan_runs", "execute", "run_one"]
+def run_suite(task_name: str, options: RunOptions, only: str | None = None, path=None,
+              log=print, dry_run: bool = False, on_record=None) -> SuiteReport:
+    """Plan every run of a task's suite (checked before anything runs), then execute the
+    runs that have no record yet (resume); with dry_run, list them and run nothing."""
+    from .suite import load_suite
+
+    task = get_task(task_name)
+    suite = load_suite(path or task.suite_path(), task.name)
+    specs = suite.specs(quick=options.quick, only=only)
+    if only and not specs:
+        names = sorted({b.method for b in suite.blocks} | {b.label for b in suite.blocks})
+        raise UserError(f"suite {suite.path.name} has no run {only!r}; it has: {', '.join(names)}")
+    plan = plan_runs(task, specs, options, gpu_blocks=suite.gpu_blocks, log=log)
+    report = SuiteReport(task=task.name, skipped_gpu=len(plan.skipped_gpu))
+    if dry_run:
+        for group in plan.groups:
+            for run in group.runs:
+                report.resumed += run.recorded
+                log(f"  {'recorded' if run.recorded else 'to run  '}  {run.spec.short()}")
+        return report
+    return execute(plan, options, report, log=log, on_record=on_record)
+
+
+__all__ = ["RunOptions", "RunSpec", "SuiteReport", "execute", "plan_runs", "run_group", "run_one",
+           "run_suite"]

@@ -277,7 +277,7 @@ class BatchAugment:
     apply(images, rng, p) -> images: uint8 (N, H, W, C) numpy in and out, each image changed
     with probability p, randomness from the numpy Generator `rng`. The deep engine calls it per
     batch (`p` = self.p); methods that do not augment batches get the split plus one copy of
-    every image augmented with p = 1 (see cvbench.pixels.with_augmented_copy).
+    every image augmented with p = 1 (see cvbench.derived.with_augmented_copy).
     """
 
     name: str

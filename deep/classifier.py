@@ -30,10 +30,12 @@ from .engine import (
     OPTIMIZERS,
     SCHEDULES,
     ImageStore,
+    LRRangeTest,
     TrainConfig,
     TrainData,
     Trainer,
     TrainHooks,
+    TrainingDivergedError,
 )
 
 DEFAULT_IMAGE_SIZE = 224  # for path-based splits when neither the method nor the model says
@@ -279,6 +281,10 @@ class DeepClassifier(Method, TrainHooks):
         """Softmax probabilities of the main head."""
         return torch.softmax(outputs[:, : self.n_classes_].float(), dim=1)
 
+    def callbacks(self) -> list:
+        """The method's own engine callbacks (a subclass adds its own to these)."""
+        return list(getattr(self, "_extra_callbacks", ()))
+
     def augment_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a (B, C, H, W) uint8 batch on the device, then apply the training split's
         condition augmentation (e.g. pasted occlusion masks), if any."""
@@ -318,6 +324,24 @@ class DeepClassifier(Method, TrainHooks):
 
     # ------------------------------------------------------------------ estimator API
 
+    def lr_range_test(self, split: Split, lr_min: float = 1e-6, lr_max: float = 1.0,
+                      steps: int | None = 100) -> dict[str, Any]:
+        """The learning-rate range test (`engine.LRRangeTest`) on `split`: a fresh network of
+        this configuration (its loss, augmentation and batches) trained for at most one pass,
+        `steps` steps, while the lr grows exponentially from lr_min to lr_max; no validation
+        carve, time budget or checkpoint. Returns the curve and the suggested lr."""
+        from sklearn.base import clone
+
+        finder = LRRangeTest(lr_min, lr_max, steps)
+        trial = clone(self).set_params(epochs=1, lr=float(lr_max), val_fraction=0.0, early_stopping=0,
+                                       time_budget_s=None, resume=False, warmup_epochs=0.0)
+        trial._extra_callbacks, trial._checkpoint = [finder], False
+        try:
+            trial.fit(split)
+        except TrainingDivergedError:  # the loss became inf / nan: the curve up to it stays
+            finder.stopped = "diverged"
+        return finder.result()
+
     def carve(self, split: Split) -> tuple[Split, Split | None]:
         """(train, validation) as `fit` splits `split`: val_fraction of it, seeded, grouped by
         val_group or the task's val_group_key; validation is None when val_fraction is 0."""
@@ -329,7 +353,6 @@ class DeepClassifier(Method, TrainHooks):
     def fit(self, split: Split) -> DeepClassifier:
         """Train on `split` (minus a carved validation part when val_fraction > 0)."""
         t_start = time.perf_counter()
-        self.validate({"n_train": len(split)})
         set_threads(self.n_jobs)
         torch.manual_seed(int(self.seed))
         self.condition_augment_ = split.augment
@@ -451,7 +474,8 @@ class DeepClassifier(Method, TrainHooks):
         return (1.0 / counts[inverse]).astype(np.float64)
 
     def _train_config(self, split: Split, val: Split | None) -> TrainConfig:
-        ckpt = cache_dir("checkpoints") / f"{self._run_hash(split, val)}.pt"
+        ckpt = (cache_dir("checkpoints") / f"{self._run_hash(split, val)}.pt"
+                if getattr(self, "_checkpoint", True) else None)
         return TrainConfig(
             epochs=int(self.epochs), batch_size=int(self.batch_size), eval_batch_size=self.eval_batch_size,
             optimizer=str(self.optimizer).lower(), lr=float(self.lr), momentum=float(self.momentum),
@@ -463,7 +487,7 @@ class DeepClassifier(Method, TrainHooks):
             time_budget_s=float(self.time_budget_s) if self.time_budget_s else None,
             budget_clock=str(self.budget_clock),
             early_stopping=int(self.early_stopping or 0), seed=int(self.seed), device=self.device,
-            checkpoint_path=str(ckpt), resume=bool(self.resume),
+            checkpoint_path=str(ckpt) if ckpt else None, resume=bool(self.resume),
             desc=getattr(self, "registered_name", type(self).__name__),
         )
 

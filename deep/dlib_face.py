@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvbench.images import decode_item
+
 FAIRFACE_MARGIN = 0.25 / 1.5  # the face box inside a padding=0.25 crop, as a share of the side
 _MODELS: dict[tuple[str, str], tuple] = {}  # per process: (predictor, descriptor) by file pair
 
@@ -49,8 +51,6 @@ def face_descriptor(img: np.ndarray, predictor: str, descriptor: str,
 
 
 def _chunk(items, predictor: str, descriptor: str, margin: float, tta: str) -> np.ndarray:
-    from .embeddings import decode_item
-
     return np.stack([face_descriptor(decode_item(it), predictor, descriptor, margin, tta)
                      for it in items]).astype(np.float32)
 

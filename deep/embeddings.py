@@ -50,9 +50,11 @@ import numpy as np
 
 from cvbench.cache import CORRUPT, discard
 from cvbench.errors import UserError
+from cvbench.images import decode_item
 from cvbench.split import Split
 
-from .backbones import get_backbone, load_backbone, resolve_weights
+from .backbones import get_backbone, load_backbone
+from .weights import resolve_weights
 
 CACHE_VERSION = 1
 RESIZE_MODES = ("squash", "crop")
@@ -63,15 +65,6 @@ STATS = {"extracted": 0, "cached": 0}  # images extracted / served from the cach
 
 
 # ---- decoding -------------------------------------------------------------------------------
-
-def decode_item(item: Any, max_side: int | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) RGB of a split item: an image path, or a uint8 (H, W[, C]) array."""
-    from cvbench.images import load_image, to_rgb
-
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
-        return to_rgb(item)
-    return load_image(item, mode="rgb", max_side=max_side)
-
 
 def prepare(img: np.ndarray, size: int, resize: str = "squash") -> np.ndarray:
     """uint8 RGB -> uint8 (size, size, 3): squash the whole image, or crop its central square
@@ -126,7 +119,7 @@ def config_key(backbone: str, size: int, resize: str, tta: str, precision: str) 
     if spec.kind == "torch":
         desc.update(mean=spec.mean, std=spec.std, interp="area-down/linear-up")
     else:
-        desc.update(size=spec.input_size, resize="dlib-chip", margin=spec.extra.get("margin"))
+        desc.update(size=spec.native_size, resize="dlib-chip", margin=spec.extra.get("margin"))
     blob = json.dumps(desc, sort_keys=True)
     return f"{spec.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -350,7 +343,7 @@ def embed_split(split: Split, backbone: str = "efficientnet_lite0", size: int | 
     _check("tta", tta, TTA_MODES)
     _check("precision", precision, PRECISIONS)
     spec = get_backbone(names[0] if names else str(backbone))
-    size = int(size or spec.input_size)
+    size = int(size or spec.native_size)
     if size < 16:
         raise UserError(f"embedding size must be an integer >= 16, got {size!r}")
     if not isinstance(batch_size, int | np.integer) or batch_size < 1:
@@ -413,7 +406,7 @@ def embed_split(split: Split, backbone: str = "efficientnet_lite0", size: int | 
         barrier()
     n_new = len(todo)
     info = {
-        "backbone": spec.name, "size": size if spec.kind == "torch" else spec.input_size,
+        "backbone": spec.name, "size": size if spec.kind == "torch" else spec.native_size,
         "resize": resize if spec.kind == "torch" else "dlib 5-point aligned chip",
         "tta": tta, "precision": precision, "n": len(split), "dim": spec.num_features,
         "cached": int(have.sum()), "extracted": int(n_new),

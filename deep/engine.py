@@ -361,8 +361,9 @@ class Callback:
     """Behaviour around the training loop; every hook is a no-op here.
 
     Hooks get the Trainer and the FitState and may change either (state.request_stop ends the
-    run). on_step_end runs after every optimizer step: keep it cheap (the loop calls it only on
-    callbacks that override it). What must survive a resume goes in state_dict() (plain values
+    run). on_step_start runs before every optimizer step, after the schedule set the step's lr
+    (a callback may set another: state.lr and the optimizer's groups); on_step_end runs after
+    it. Keep both cheap (the loop calls them only on callbacks that override them). What must survive a resume goes in state_dict() (plain values
     and tensors; {} = nothing), saved under `key` in the checkpoint; load_state_dict(saved,
     trainer) restores it after the model's weights and before the optimizer's state, so a
     callback that added optimizer param groups can add them again.
@@ -376,6 +377,8 @@ class Callback:
     def on_fit_start(self, trainer: Trainer, state: FitState) -> None: ...
 
     def on_epoch_start(self, trainer: Trainer, state: FitState) -> None: ...
+
+    def on_step_start(self, trainer: Trainer, state: FitState) -> None: ...
 
     def on_step_end(self, trainer: Trainer, state: FitState) -> None: ...
 
@@ -432,6 +435,54 @@ class TimeBudget(Callback):
     def on_epoch_end(self, trainer, state):
         if not self.per_step and state.elapsed >= self.seconds:
             state.request_stop("time_budget")
+
+
+class LRRangeTest(Callback):
+    """The learning-rate range test (the retinopathy study's "effective learning rate
+    identification"; Smith 2017, fastai's lr_find): over at most `steps` steps of one pass, the
+    lr grows exponentially from `lr_min` to `lr_max` while the training loss is recorded; the
+    run stops once the smoothed loss exceeds `diverge` times its best. `result()` gives the
+    curve and the suggested lr: a tenth of the lr at the smoothed loss's minimum."""
+
+    def __init__(self, lr_min: float = 1e-6, lr_max: float = 1.0, steps: int | None = None,
+                 diverge: float = 4.0, beta: float = 0.9):
+        if not 0 < lr_min < lr_max:
+            raise UserError(f"the lr range must satisfy 0 < lr_min < lr_max, got {lr_min} and {lr_max}")
+        self.lr_min, self.lr_max, self.steps = float(lr_min), float(lr_max), steps
+        self.diverge, self.beta = float(diverge), float(beta)
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.stopped = "completed"
+
+    def on_fit_start(self, trainer, state):
+        self.n = max(2, min(self.steps or state.steps_per_epoch, state.steps_per_epoch))
+
+    def on_step_start(self, trainer, state):
+        i = len(self.lrs)
+        state.lr = self.lr_min * (self.lr_max / self.lr_min) ** (i / (self.n - 1))
+
+    def on_step_end(self, trainer, state):
+        loss = float(state.loss.detach())
+        self.lrs.append(state.lr)
+        self.losses.append(loss)
+        self._raw = self.beta * getattr(self, "_raw", 0.0) + (1 - self.beta) * loss  # debiased EMA
+        self.smoothed.append(self._raw / (1 - self.beta ** len(self.losses)))
+        if not math.isfinite(loss) or self.smoothed[-1] > self.diverge * min(self.smoothed):
+            self.stopped = "diverged"
+            state.request_stop("lr range test: the loss diverged")
+        elif len(self.lrs) >= self.n:
+            state.request_stop("lr range test: range done")
+
+    def result(self) -> dict[str, Any]:
+        """{"lr", "loss", "smoothed", "suggested_lr", "min_loss_lr", "steps", "stopped"}."""
+        if not self.lrs:
+            return {"lr": [], "loss": [], "smoothed": [], "suggested_lr": None, "min_loss_lr": None,
+                    "steps": 0, "stopped": self.stopped}
+        best = int(np.argmin(self.smoothed))
+        return {"lr": self.lrs, "loss": self.losses, "smoothed": self.smoothed,
+                "min_loss_lr": self.lrs[best], "suggested_lr": self.lrs[best] / 10,
+                "steps": len(self.lrs), "stopped": self.stopped}
 
 
 class EarlyStopping(Callback):
@@ -595,6 +646,8 @@ class Trainer:
         self.callbacks = self._build_callbacks([*self.hooks.callbacks(), *callbacks])
         self._step_callbacks = [cb for cb in self.callbacks  # the hot path calls only these
                                 if type(cb).on_step_end is not Callback.on_step_end]
+        self._step_start_callbacks = [cb for cb in self.callbacks
+                                      if type(cb).on_step_start is not Callback.on_step_start]
 
     def _build_callbacks(self, extra: list[Callback]) -> list[Callback]:
         cfg = self.config
@@ -712,6 +765,9 @@ class Trainer:
         for step in range(n_steps):
             idx = order[step * bs:(step + 1) * bs]
             state.lr = self._lr_at(epoch * n_steps + step, state)
+            state.step = step
+            for cb in self._step_start_callbacks:
+                cb.on_step_start(self, state)
             for group in self.optimizer.param_groups:
                 group["lr"] = state.lr * group.get("lr_scale", 1.0)
             x = self._inputs(self.hooks.augment_batch(data.store.batch(idx), aug_gen))

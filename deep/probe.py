@@ -30,11 +30,12 @@ import numpy as np
 
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
+from cvbench.metrics import quadratic_weighted_kappa_fast
 from cvbench.params import Anything, Bool, Choice, Float, Int, Seq, Text
 from cvbench.split import Split, carve_validation
 
 from .embeddings import PRECISIONS, RESIZE_MODES, TTA_MODES, embed_split
-from .retinopathy import fast_qwk, grades_from_values, optimise_thresholds, threshold_scores
+from .ordinal import grades_from_values, optimise_thresholds, threshold_scores
 from .retrieval import retrieval_scores
 
 DEFAULT_CS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -165,7 +166,6 @@ class LinearProbe(_EmbeddingMethod):
         return grid
 
     def fit(self, split: Split):
-        self.validate({"n_train": len(split)})
         X, info = self._embed(split)
         self.info_ = self._facts("train", info)
         y = split.labels
@@ -249,8 +249,8 @@ class LinearProbe(_EmbeddingMethod):
         for a, alpha in enumerate(grid):
             t = optimise_thresholds(y, oof[a], n_classes=k)
             curve.append({"alpha": alpha,
-                          "oof_qwk_fitted_thresholds": round(fast_qwk(y, grades_from_values(oof[a], t), k), 4),
-                          "oof_qwk_midpoints": round(fast_qwk(
+                          "oof_qwk_fitted_thresholds": round(quadratic_weighted_kappa_fast(y, grades_from_values(oof[a], t), k), 4),
+                          "oof_qwk_midpoints": round(quadratic_weighted_kappa_fast(
                               y, np.clip(np.round(oof[a]), 0, k - 1).astype(np.int64), k), 4),
                           "oof_rmse": round(float(np.sqrt(np.mean((oof[a] - y) ** 2))), 4)})
         best = max(range(len(grid)), key=lambda i: (curve[i]["oof_qwk_fitted_thresholds"], -i))
@@ -317,7 +317,6 @@ class EmbeddingKNN(_EmbeddingMethod):
                           weighted=bool(self.weighted), n_classes=n_classes, cache="memory")
 
     def fit(self, split: Split):
-        self.validate({"n_train": len(split)})
         X, info = self._embed(split)
         self.info_ = self._facts("train", info)
         y = split.labels

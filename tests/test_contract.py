@@ -102,8 +102,7 @@ def test_fit_predict_shapes_and_predict_leaves_the_method_unchanged(name):
 
 
 def test_limits_against_the_data_name_both_numbers():
-    from cvbench.run import RunOptions, plan_runs
-    from cvbench.suite import RunSpec
+    from cvbench.plan import RunOptions, RunSpec, plan_runs
 
     with pytest.raises(UserError, match=r"parameter k = 5000 .*training set's size \(n_train = 1198\)"):
         plan_runs("demo", [RunSpec("tiny-knn", {"k": 5000})], RunOptions(), log=lambda m: None)

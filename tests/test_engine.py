@@ -381,7 +381,7 @@ def test_deep_classifier_validation_curves_and_bad_params():
     for bad in (dict(class_weight="inverse"), dict(sampling="oversample"), dict(early_stopping=3),
                 dict(normalize="weird")):
         with pytest.raises(UserError):
-            TinyClassifier(**bad).fit(split)
+            TinyClassifier(**bad).validate({"n_train": len(split)})  # the planner checks, before fit
 
 
 def test_path_split_is_decoded_once_at_image_size(tmp_path):

@@ -242,7 +242,8 @@ def test_page_sections_tables_and_differences(tmp_path):
 # ---------------------------------------------------------------- real data
 @pytest.mark.realdata
 def test_real_fairface_tiny_knn_writes_group_table(real_data, tmp_path):
-    from cvbench.run import RunOptions, RunSpec, run_one
+    from cvbench.plan import RunOptions, RunSpec
+    from cvbench.run import run_one
     from cvbench.split import per_class_limit
     from cvbench.tasks import get_task
 
@@ -278,7 +279,8 @@ def test_suite_blocks_sweep_compositions_with_the_joint_head():
 
 
 def test_generated_fixture_joint_model_scores_gender_and_age(tmp_path):
-    from cvbench.run import RunOptions, RunSpec, run_one
+    from cvbench.plan import RunOptions, RunSpec
+    from cvbench.run import run_one
     from cvbench.tasks import get_task
 
     task = get_task("fairface")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cvbench.deep import finetune as ft
-from cvbench.deep.retinopathy import grades_from_values
+from cvbench.deep.ordinal import grades_from_values
 from cvbench.errors import UserError
 from cvbench.methods import create_method, get_method_spec
 from cvbench.params import validate_params

@@ -21,7 +21,8 @@ def _script():
 def test_every_gpu_only_block_is_found():
     gp = _script()
     found = {}
-    for name in gp.GPU_TASKS:
+    assert gp.gpu_tasks() == ["cifar10", "fairface", "retinopathy", "hotelid"]  # from the suites
+    for name in gp.gpu_tasks():
         _, blocks = gp._gpu_specs(name, quick=True)
         found[name] = [b.label for b, specs in blocks if specs]
     assert all(found.values()), found
@@ -35,7 +36,7 @@ def test_pack_keeps_the_fingerprint_and_names_the_change(tmp_path, monkeypatch):
     task = get_task("fairface")
     task.make_fixture(tmp_path / "src", size=24)
     get_task("retinopathy").make_fixture(tmp_path / "src", n_patients=4, size=24)
-    manifest = gp.pack(tmp_path / "src", tmp_path / "packed", fairface_quality=30, tasks=("fairface", "retinopathy"))
+    manifest = gp.pack(tmp_path / "src", tmp_path / "packed", jpeg_quality=30, tasks=("fairface", "retinopathy"))
     assert "re-encoded as JPEG quality 30" in manifest["fairface"]["note"]
     assert "densenet201" in manifest["retinopathy"]["skipped"]  # its block needs ImageNet weights
     (tr0, te0), (tr1, te1) = task.load_splits(tmp_path / "src"), task.load_splits(tmp_path / "packed")

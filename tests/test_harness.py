@@ -12,10 +12,11 @@ from cvbench import cli
 from cvbench.errors import UserError
 from cvbench.leaderboard import render_all
 from cvbench.methods import Method, create_method, get_method_spec, register_method
-from cvbench.results import RunRecord, append_record, load_records, results_path, run_key
-from cvbench.run import RunOptions, RunSpec, plan_runs, run_one
+from cvbench.plan import RunOptions, RunSpec, expand_sweep, plan_runs
+from cvbench.results import SCHEMA, RunRecord, append_record, load_records, results_path, run_key
+from cvbench.run import run_one, run_suite
 from cvbench.split import Split, carve_validation, per_class_limit
-from cvbench.suite import expand_sweep, load_suite, run_suite
+from cvbench.suite import load_suite
 from cvbench.tasks import get_task
 
 
@@ -124,7 +125,7 @@ def test_results_store_atomic_replace_and_corrupt_lines(tmp_path, capsys):
     warnings = []
     recs = load_records("demo", tmp_path, warn=warnings.append)
     assert [r.key for r in recs] == ["def", "abc"]
-    assert recs[1].metrics["accuracy"] == 0.9 and recs[1].schema == 2
+    assert recs[1].metrics["accuracy"] == 0.9 and recs[1].schema == SCHEMA
     assert len(warnings) == 2 and "demo.jsonl:3" in warnings[0]
     assert "demo.jsonl:4" in warnings[1] and "field 'label'" in warnings[1]
     assert not list(tmp_path.glob("results/.*.tmp"))
@@ -439,7 +440,7 @@ def test_schema_1_records_migrate_with_conditions_and_new_keys(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(v1) + "\n")
     (rec,) = load_records("fairface", tmp_path)
-    assert rec.schema == 2 and rec.method == "tiny-knn" and rec.conditions == {"composition": "biased"}
+    assert rec.schema == SCHEMA and rec.method == "tiny-knn" and rec.conditions == {"composition": "biased"}
     assert "composition" not in rec.params and "seed" not in rec.params
     assert rec.feature_cache_params == ("k", "metric", "weighted") and rec.defaults["k"] == 1
     kp = {k: v for k, v in rec.params.items() if k not in ("n_jobs", "joblib_backend")}

@@ -234,9 +234,9 @@ def test_two_by_two_on_the_fixture(tmp_path, fixture_2022):
     """The study's 2x2 (train with / without masks x clean / occluded test) with plain tiny-image
     k-NN under the task's conditions: two fits, four records, the page's table from records."""
     from cvbench.leaderboard import render_task
+    from cvbench.plan import RunOptions, RunSpec, expand_sweep, plan_runs
     from cvbench.results import load_records
-    from cvbench.run import RunOptions, execute, plan_runs
-    from cvbench.suite import RunSpec, expand_sweep
+    from cvbench.run import execute
     from cvbench.tasks import get_task
 
     task = get_task("hotelid")
@@ -326,8 +326,8 @@ def test_deep_cnn_and_retrieval_one_epoch(fixture_2022, tmp_path):
     """cnn and cnn-retrieval train for one epoch with masks pasted per batch (the engine's
     hook) and are scored on the clean and the occluded test set from one fit each."""
     pytest.importorskip("torch")
-    from cvbench.run import RunOptions, plan_runs, run_group
-    from cvbench.suite import RunSpec
+    from cvbench.plan import RunOptions, RunSpec, plan_runs
+    from cvbench.run import run_group
     from cvbench.tasks import get_task
 
     task = get_task("hotelid")
@@ -363,9 +363,9 @@ def test_seeds_draw_the_hold_out_and_the_page_pools_them(tmp_path, fixture_2022)
     """hotelid splits by seed: two seeds = two hold-out splits (two data fingerprints); the
     2x2 cell shows the mean ± sd over them."""
     from cvbench.leaderboard import render_task
+    from cvbench.plan import RunOptions, RunSpec, plan_runs
     from cvbench.results import load_records
-    from cvbench.run import RunOptions, execute, plan_runs
-    from cvbench.suite import RunSpec
+    from cvbench.run import execute
     from cvbench.tasks import get_task
 
     task = get_task("hotelid")

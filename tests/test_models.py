@@ -18,7 +18,7 @@ from cvbench.deep.models import (
 )
 from cvbench.errors import UserError
 
-# The source studies' own counts (shared/SEEDS.md), typed here so a registry typo fails too.
+# The source studies' own counts (docs/studies.md), typed here so a registry typo fails too.
 STUDY_COUNTS = {
     "resnet-se": 4_697_742,
     "resnet18-cifar": 11_173_962,
@@ -190,32 +190,51 @@ def test_missing_imagenet_weights_are_one_sentence_and_never_downloaded(tmp_path
         raise AssertionError("cvbench must not download weights at run time")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    with pytest.raises(UserError, match="ImageNet weights for 'resnet18' are not on this machine: "
-                                         "expected resnet18-f37072fd.pth"):
+    with pytest.raises(UserError, match="'resnet18' needs the weights file resnet18-f37072fd.pth, "
+                                         "not found .*nothing is downloaded"):
         create_model("resnet18", num_classes=3, pretrained="imagenet")
-    with pytest.raises(UserError, match="no ImageNet weights"):
+    with pytest.raises(UserError, match="has no pretrained weights"):
         create_model("fastnet", pretrained="imagenet")
-    with pytest.raises(UserError, match="expected vgg16_bn-6c64b313.pth .*never downloads"):
+    with pytest.raises(UserError, match="needs the weights file vgg16_bn-6c64b313.pth.*nothing is downloaded"):
         create_model("vgg16", num_classes=3, width=0.125, hidden=8, batch_norm=True,
                      pretrained="imagenet")
 
 
-def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+def test_imagenet_weights_come_from_the_hub_cache_verified(tmp_path, monkeypatch):
+    """An entry's torchvision-style checkpoint is found in torch.hub's folder, checked against
+    the digest prefix in its name, loaded whole, and a new head of other classes is fresh."""
+    from cvbench.deep import models
+    from cvbench.deep.weights import WeightsError, WeightsFile, sha256_file
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("CVBENCH_WEIGHTS", raising=False)
     src = create_model("resnet18", num_classes=1000, width=0.125)
     tv_style = {("fc." + k[5:] if k.startswith("head.") else k): v
                 for k, v in src.state_dict().items()}
-    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    tmp = tmp_path / "tmp.pth"
+    torch.save(tv_style, tmp)
+    name = f"tinyres-{sha256_file(tmp)[:8]}.pth"
+    cached = tmp_path / "hub" / "checkpoints" / name
     cached.parent.mkdir(parents=True)
-    torch.save(tv_style, cached)
+    tmp.rename(cached)
+    tv = models.get_spec("resnet18")
+    models.register_spec(models.ModelSpec(
+        name="test-tinyres", builder=lambda n: tv.builder(n, width=0.125), num_classes=1000,
+        input_size=(3, 224, 224), description="test", key_map=tv.key_map, num_features=64,
+        weights=models.Weights("file", (WeightsFile(name),))), replace=True)
 
     def no_network(*args, **kwargs):
         raise AssertionError("must not download when the file is cached")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    model = create_model("resnet18", num_classes=1000, width=0.125, pretrained="imagenet")
+    model = create_model("test-tinyres", num_classes=1000, pretrained="imagenet")
     assert torch.equal(model.head.weight, src.head.weight)
     assert torch.equal(model.conv1.weight, src.conv1.weight)
+    other = create_model("test-tinyres", num_classes=3, pretrained="imagenet")
+    assert other.head.weight.shape == (3, 64) and torch.equal(other.conv1.weight, src.conv1.weight)
+    cached.write_bytes(cached.read_bytes()[:-8] + b"tampered")  # same name, other content
+    with pytest.raises(WeightsError, match="SHA-256"):
+        create_model("test-tinyres", pretrained="imagenet")
 
 
 def test_local_weights_load_and_head_is_fresh_for_other_class_counts(tmp_path):
@@ -255,5 +274,5 @@ def test_bad_weight_files_are_user_errors(tmp_path):
         create_model("fastnet", pretrained=str(path))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read pretrained weights"):
+    with pytest.raises(UserError, match="cannot read weights file"):
         create_model("fastnet", pretrained=str(junk))

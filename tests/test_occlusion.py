@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvbench.derived import item_rng, with_augmented_copy
 from cvbench.errors import BadImageError, UserError
-from cvbench.pixels import item_rng, with_augmented_copy
 from cvbench.split import Split
 from cvbench.tasks.hotelid.occlusion import (
     FILLS,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cvbench.deep import embeddings, probe
+from cvbench.deep.ordinal import grades_from_values
 from cvbench.deep.probe import EmbeddingKNN, LinearProbe, carve_rows
-from cvbench.deep.retinopathy import grades_from_values
 from cvbench.deep.retrieval import retrieval_scores
 from cvbench.errors import UserError
 from cvbench.methods import create_method, get_method_spec
@@ -127,10 +127,10 @@ def test_embedding_knn_chooses_k_on_validation_and_max_scoring_is_retrieval(fake
     Xte = np.stack([table[i] for i in test.items])
     np.testing.assert_array_equal(ret.predict_scores(test),
                                   retrieval_scores(Xte, Xtr, train.labels, 5))
+    with pytest.raises(UserError):  # the planner checks every run before its fit
+        EmbeddingKNN(scoring="mean").validate({"n_train": len(train)})
     with pytest.raises(UserError):
-        EmbeddingKNN(scoring="mean").fit(train)
-    with pytest.raises(UserError):
-        EmbeddingKNN(k=0).fit(train)
+        EmbeddingKNN(k=0).validate({"n_train": len(train)})
 
 
 def test_second_method_reuses_the_embeddings(tmp_path, monkeypatch):
@@ -165,5 +165,5 @@ def test_bad_parameters_are_user_errors(fake_embed):
     table.update(t1)
     for kwargs in ({"objective": "ranking"}, {"Cs": (0.0,)}, {"Cs": "many"},
                    {"val_fraction": 1.5}, {"class_weight": "auto"}):
-        with pytest.raises(UserError):
-            LinearProbe(**kwargs).fit(train)
+        with pytest.raises(UserError):  # the planner checks every run before its fit
+            LinearProbe(**kwargs).validate({"n_train": len(train)})

@@ -62,6 +62,7 @@ def test_qwk_matches_sklearn():
     ref = cohen_kappa_score(y, pred, weights="quadratic")
     assert quadratic_weighted_kappa(y, pred, 5) == pytest.approx(ref)
     scores = np.eye(5)[pred]
+    get_task("retinopathy")  # the task's own metrics (referable) register when it is loaded
     m = evaluate(y, scores, GRADES, metrics=("qwk", "referable"))
     assert m["qwk"] == pytest.approx(ref)
     assert 0.0 < m["qwk"] < 1.0
@@ -265,7 +266,7 @@ def test_real_eyepacs_load(real_data):
 
 
 def test_threshold_scores_argmax_is_thresholded_grade():
-    from cvbench.deep.retinopathy import grades_from_values, threshold_scores
+    from cvbench.deep.ordinal import grades_from_values, threshold_scores
 
     t = np.array([0.4, 1.7, 2.2, 3.9])
     values = np.concatenate([np.linspace(-1, 5, 601), t, np.nextafter(t, 10), np.nextafter(t, -10)])
@@ -277,22 +278,22 @@ def test_threshold_scores_argmax_is_thresholded_grade():
 
 
 def test_fast_qwk_matches_metrics():
-    from cvbench.deep.retinopathy import fast_qwk
+    from cvbench.metrics import quadratic_weighted_kappa_fast as fast_qwk
 
     rng = np.random.default_rng(3)
     for n in (1, 7, 300):
         y, p = rng.integers(0, 5, n), rng.integers(0, 5, n)
-        assert fast_qwk(y, p) == pytest.approx(quadratic_weighted_kappa(y, p, 5))
-    assert fast_qwk(np.zeros(5, int), np.zeros(5, int)) == 0.0
+        assert fast_qwk(y, p, 5) == pytest.approx(quadratic_weighted_kappa(y, p, 5))
+    assert fast_qwk(np.zeros(5, int), np.zeros(5, int), 5) == 0.0
 
 
 def test_optimised_thresholds_improve_qwk_on_toy_problem():
-    from cvbench.deep.retinopathy import DEFAULT_THRESHOLDS, grades_from_values, optimise_thresholds
+    from cvbench.deep.ordinal import default_thresholds, grades_from_values, optimise_thresholds
 
     rng = np.random.default_rng(0)
     y = rng.choice(5, size=400, p=[0.5, 0.1, 0.25, 0.08, 0.07])
     values = 0.45 * y + 0.3 + rng.normal(0, 0.25, len(y))  # compressed, shifted scale
-    before = quadratic_weighted_kappa(y, grades_from_values(values, DEFAULT_THRESHOLDS), 5)
+    before = quadratic_weighted_kappa(y, grades_from_values(values, default_thresholds(5)), 5)
     t = optimise_thresholds(y, values)
     after = quadratic_weighted_kappa(y, grades_from_values(values, t), 5)
     assert np.all(np.diff(t) >= 0) and len(t) == 4
@@ -302,7 +303,7 @@ def test_optimised_thresholds_improve_qwk_on_toy_problem():
 def test_fundus_augment_batched_and_seeded():
     import torch
 
-    from cvbench.deep.retinopathy import fundus_augment
+    from cvbench.tasks.retinopathy.methods import fundus_augment
 
     x = torch.zeros((6, 3, 32, 32), dtype=torch.uint8)
     x[:, :, 8:24, 8:24] = 200
@@ -338,7 +339,7 @@ def test_retina_methods_fit_predict(method):
     assert scores.shape == (len(split), 5) and np.isfinite(scores).all()
     assert m.info_["val_metrics"]["n"] > 0 and m.info_["fundus_prep"] == "crop+ben"
     if method == "retina-ordinal":
-        from cvbench.deep.retinopathy import grades_from_values
+        from cvbench.deep.ordinal import grades_from_values
 
         assert len(m.info_["ordinal"]["thresholds"]) == 4
         values = m.scalar_grade(m.trainer_.predict_outputs(m.pixels(m._prepared(split)))).numpy()
@@ -350,15 +351,15 @@ def test_retina_method_rejects_bad_params():
     from cvbench.methods import create_method
 
     for bad in ({"fundus_prep": "x"}, {"objective": "x"}, {"fundus_augment": "spin"},
-                {"objective": "regression", "class_weight": "balanced"}, {"train_crop": 4}):
-        with pytest.raises(UserError):
-            create_method("retina-cnn", epochs=1, **bad).fit(_in_memory_split(10))
+                {"objective": "ordinal", "class_weight": "balanced"}, {"train_crop": 4}):
+        with pytest.raises(UserError):  # the planner checks every run before its fit
+            create_method("retina-cnn", epochs=1, **bad).validate({"n_train": 10})
 
 
 def test_random_square_crop_windows():
     import torch
 
-    from cvbench.deep.retinopathy import random_square_crop
+    from cvbench.tasks.retinopathy.methods import random_square_crop
 
     x = torch.arange(2 * 3 * 10 * 10, dtype=torch.int32).reshape(2, 3, 10, 10)
     out = random_square_crop(x, 4, torch.Generator().manual_seed(0))
@@ -397,7 +398,7 @@ def test_unfreeze_after_adds_body_to_optimizer():
 
 
 def test_lesion_stats_method():
-    from cvbench.deep.retinopathy import grades_from_values
+    from cvbench.deep.ordinal import grades_from_values
     from cvbench.methods import create_method
 
     split = _in_memory_split(60)

@@ -113,7 +113,7 @@ def test_task_is_registered():
     assert task.folder == "scene15" and task.metrics == ("topk",)
     assert task.quick_limit == (20, 10)
     assert "figshare" in task.fetch_help
-    assert task.source == "course homework part 1 (SEEDS.md)"
+    assert task.source == "course homework part 1 (Lazebnik et al. 2006 scenes)"
 
 
 @pytest.mark.realdata

@@ -11,9 +11,9 @@ import pytest
 
 from cvbench import cli
 from cvbench.paths import repo_root
+from cvbench.plan import RunOptions, RunSpec, expand_sweep, plan_runs
 from cvbench.results import load_records
-from cvbench.run import RunOptions, execute, plan_runs, run_one
-from cvbench.suite import RunSpec, expand_sweep
+from cvbench.run import execute, run_one
 from cvbench.tasks import get_task, task_names
 
 TASKS = ["demo", "scene15", "cifar10", "fairface", "retinopathy", "hotelid"]

@@ -10,14 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cvbench.deep.backbones import (
-    BackboneSpec,
-    WeightsFile,
-    read_state_dict,
-    register_backbone,
-    sha256_file,
-)
+from cvbench.deep.models import ModelSpec, Weights, register_spec
 from cvbench.deep.models_base import ClassifierNet
+from cvbench.deep.weights import WeightsFile, read_state_dict, sha256_file
 from cvbench.split import Split
 
 NAME = "test-tiny"
@@ -58,14 +53,15 @@ def tiny_weights(folder: Path) -> Path:
     return path
 
 
-def register_tiny(folder: Path, name: str = NAME) -> BackboneSpec:
+def register_tiny(folder: Path, name: str = NAME) -> ModelSpec:
+    """The tiny net as a registry entry whose weights file is pinned by its SHA-256."""
     path = tiny_weights(folder)
-    spec = BackboneSpec(
-        name=name, kind="torch",
-        files=(WeightsFile("tiny.pth", path=str(path), sha256=sha256_file(path)),),
-        num_features=16, input_size=32, description="test-only tiny net", build=TinyNet,
-        load=_load)
-    return register_backbone(spec, replace=True)
+    spec = ModelSpec(
+        name=name, builder=TinyNet, num_classes=10, input_size=(3, 32, 32),
+        description="test-only tiny net", num_features=16,
+        weights=Weights("file", (WeightsFile("tiny.pth", path=str(path), sha256=sha256_file(path)),),
+                        num_classes=10, load=_load))
+    return register_spec(spec, replace=True)
 
 
 def jpeg_split(folder: Path, n: int = 12, n_classes: int = 3, name: str = "syn/train",

@@ -1,21 +1,27 @@
 """Tasks: one folder each under cvbench/tasks/<task>/, discovered automatically.
 
-    task.toml     name, title, source, data folder and layout, classes (a list, or
+    task.toml     name, title, source, page order, data folder and layout, classes (a list, or
                   "from-folders"), metrics, primary metric, protocol, extra labels, report
-                  sections, fetch help, fixture note
+                  sections, fetch help, fixture note, GPU packing
     reader.py     read(folder, seed=0, skip_bad=False) -> (train, test) Splits, and
                   generate_fixture(folder, **kwargs) where the data cannot be downloaded
-    protocol.py   CONDITIONS (cvbench.conditions.Condition) and task-only metrics, if any
+    protocol.py   CONDITIONS (cvbench.conditions.Condition) and task-only metrics, if any;
+                  imported when the task is constructed, so its metrics are registered
+    methods.py    methods only this task uses (registered like any other), if any
     report.py     SECTIONS {name: fn(page) -> markdown} for page sections of its own
 
-A folder with a task.toml is a task; nothing else registers it. The suite of runs lives in
-suites/<task>.toml at the top level.
+A folder with a task.toml is a task; nothing else registers it. Folders named in
+$CVBENCH_TASKS (os.pathsep-separated folders that hold task folders) are tasks too, so a task
+can live outside the checkout. The suite of runs lives in suites/<task>.toml at the top level.
+Nothing outside cvbench/tasks/ imports a task folder: the rest of cvbench reaches a task
+through `Task` (its config and `Task.module`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -28,17 +34,35 @@ from ..paths import data_root, suites_dir
 from ..split import Split
 
 TASKS_DIR = Path(__file__).resolve().parent
-ORDER = ("demo", "scene15", "cifar10", "fairface", "retinopathy", "hotelid")  # page order
-_KEYS = {"name", "title", "source", "folder", "layout", "classes", "metrics", "primary", "notes",
-         "protocol", "extra_labels", "report", "fetch", "fixture"}
+_KEYS = {"name", "title", "source", "order", "folder", "layout", "classes", "metrics", "primary",
+         "notes", "protocol", "extra_labels", "report", "fetch", "fixture", "gpu"}
+
+
+def task_dirs() -> list[Path]:
+    """Where task folders are looked for: cvbench/tasks/, then $CVBENCH_TASKS. A folder named
+    there joins this package's search path, so its modules import as cvbench.tasks.<name>.*."""
+    extra = [Path(p).expanduser().resolve() for p in os.environ.get("CVBENCH_TASKS", "").split(os.pathsep)
+             if p.strip()]
+    for p in extra:
+        if str(p) not in __path__:
+            __path__.append(str(p))
+    return [TASKS_DIR, *extra]
+
+
+def task_folder(name: str) -> Path | None:
+    for d in task_dirs():
+        if (d / name / "task.toml").is_file():
+            return d / name
+    return None
 
 
 @functools.cache
 def config(name: str) -> dict[str, Any]:
     """The parsed task.toml of task `name` (no module is imported)."""
-    path = TASKS_DIR / name / "task.toml"
-    if not path.is_file():
+    folder = task_folder(name)
+    if folder is None:
         raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    path = folder / "task.toml"
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     unknown = sorted(set(data) - _KEYS)
     if unknown:
@@ -68,6 +92,7 @@ class Task:
     classes: tuple[str, ...] | str
     metrics: tuple[str, ...]
     primary: str
+    order: int = 1000
     notes: str = ""
     val_group_key: str | None = None
     split_by_seed: bool = False
@@ -79,11 +104,13 @@ class Task:
     fetch_urls: tuple[tuple[str, str, str], ...] = ()
     fixture_note: str = ""
     protocol_text: dict[str, str] = field(default_factory=dict)
+    gpu: dict[str, Any] = field(default_factory=dict)
+    path: Path = TASKS_DIR
 
     # ------------------------------------------------------------------ modules
     def module(self, part: str) -> ModuleType | None:
-        """reader / protocol / report module of this task (None when the file is absent)."""
-        if not (TASKS_DIR / self.name / f"{part}.py").is_file():
+        """reader / protocol / methods / report module of this task (None when absent)."""
+        if not (self.path / f"{part}.py").is_file():
             return None
         return importlib.import_module(f"{__name__}.{self.name}.{part}")
 
@@ -174,7 +201,8 @@ def _task_from_config(name: str) -> Task:
         raise ValueError(f"task {name!r}: classes must be a list or \"from-folders\"")
     quick = proto.pop("quick_limit", [20, 10])
     return Task(
-        name=name, title=c["title"], source=c["source"], folder=c.get("folder", ""),
+        name=name, title=c["title"], source=c["source"], order=int(c.get("order", 1000)),
+        folder=c.get("folder", ""),
         layout=c["layout"],
         classes=tuple(str(x) for x in classes) if isinstance(classes, list) else classes,
         metrics=tuple(c.get("metrics", ())), primary=c.get("primary", "accuracy"),
@@ -188,19 +216,26 @@ def _task_from_config(name: str) -> Task:
         fetch_urls=tuple(tuple(u) for u in fetch.get("urls", ())),
         fixture_note=c.get("fixture", {}).get("note", ""),
         protocol_text={k: str(v) for k, v in proto.items()},
+        gpu=dict(c.get("gpu", {})), path=task_folder(name),
     )
 
 
 def task_names() -> list[str]:
-    """Every folder under cvbench/tasks that holds a task.toml, in page order."""
-    names = [p.parent.name for p in TASKS_DIR.glob("*/task.toml")]
-    rank = {n: i for i, n in enumerate(ORDER)}
-    return sorted(names, key=lambda n: (rank.get(n, len(ORDER)), n))
+    """Every task folder (one holding a task.toml), in page order (task.toml's `order`)."""
+    names = sorted({p.parent.name for d in task_dirs() for p in d.glob("*/task.toml")})
+    return sorted(names, key=lambda n: (int(config(n).get("order", 1000)), n))
 
 
 @functools.cache
 def _task(name: str) -> Task:
-    return _task_from_config(name)
+    task = _task_from_config(name)
+    task.module("protocol")  # its conditions and task-only metrics register now
+    return task
+
+
+def method_modules() -> list[str]:
+    """The import names of every task's methods.py (the method registry imports them)."""
+    return [f"{__name__}.{n}.methods" for n in task_names() if (task_folder(n) / "methods.py").is_file()]
 
 
 def list_tasks() -> list[Task]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from cvbench.report import Page, fmt, md_table
 
-# The studies' own numbers (SEEDS.md): claims, not our measurements.
+# The studies' own numbers (docs/studies.md): claims, not our measurements.
 STUDY_CLAIMS = (
     ("Study A: SE-ResNet [4,4,3], 4,697,742 params, 200 epochs", "test accuracy (claimed)", "0.95"),
     ("Study A: same model", "hidden shifted test set (claimed)", "0.855"),

@@ -33,7 +33,7 @@ BIASED_MIX: dict[str, float] = {
     "Southeast Asian": 8.93,
     "Middle Eastern": 7.65,
 }
-# The study's rebalanced mix: White 19.03%, "the others 11-15%" (SEEDS.md): equal shares of the rest.
+# The study's rebalanced mix: White 19.03%, "the others 11-15%" (docs/studies.md): equal shares of the rest.
 REBALANCED_MIX: dict[str, float] = {r: (19.03 if r == "White" else (100 - 19.03) / 6) for r in RACES}
 PRESETS = ("natural", "biased", "balanced", "rebalanced")
 

@@ -171,7 +171,7 @@ def _confusion_pairs(page: Page, recs: list[RunRecord], title: str) -> list[str]
     return out
 
 
-# The study's own numbers (SEEDS.md): claims, not our measurements. Its balanced set was a
+# The study's own numbers (docs/studies.md): claims, not our measurements. Its balanced set was a
 # rebalanced mix (White 19.03%, the others 11-15%), trained for 40 epochs against 10.
 STUDY = (("biased (White 43.93%), 10 epochs", 0.7501, 0.674, 0.98 - 0.674),
          ("rebalanced (White 19.03%), 40 epochs", 0.9399, 0.873, 0.984 - 0.873))
@@ -259,7 +259,7 @@ def section_bias(page: Page) -> str:
     study = md_table(["the study's training set (reported, not measured here)", "overall accuracy",
                       "worst race × gender", "gap max − min"],
                      [[name, f"{acc:.4f}", f"{lo:.3f}", f"{gap:.3f}"] for name, acc, lo, gap in STUDY])
-    tail = ("The study's claims (SEEDS.md) for comparison: its jump from 75.01% to 93.99% is not "
+    tail = ("The study's claims ([docs/studies.md](../docs/studies.md#fairface)) for comparison: its jump from 75.01% to 93.99% is not "
             "plausible for FairFace race classification and was not controlled for epochs or size; "
             "here every training set has the same size and epochs.\n\n" + study)
     return "\n".join(head + out) + "\n" + tail

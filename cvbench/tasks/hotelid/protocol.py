@@ -15,7 +15,7 @@ The runner fits once per training side and predicts on both test sides.
 from __future__ import annotations
 
 from cvbench.conditions import Condition
-from cvbench.pixels import augmented_split
+from cvbench.derived import augmented_split
 from cvbench.split import BatchAugment, Split
 
 from .occlusion import apply_fill, list_masks, occlude, sample_masks

@@ -141,7 +141,7 @@ def section_occlusion(page: Page) -> str:
                  "true hotel within the top 5, else 0). The study reported 3.75% accuracy both "
                  "with and without masks (VGG-16, 147,026,796 parameters); random guessing over "
                  "3,116 hotels gives 0.032%. Its precision 0.96 / recall 0.0375 / F1 0.0027 do not fit "
-                 "together (SEEDS.md); here every metric is computed from the stored predictions.\n")
+                 "together ([docs/studies.md](../docs/studies.md#hotelid)); here every metric is computed from the stored predictions.\n")
     for title, recs in (("Real photographs", real), ("Generated fixture (not Hotel-ID data)", fixture)):
         tables = occlusion_tables(recs)
         if tables:

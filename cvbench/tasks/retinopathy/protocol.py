@@ -52,7 +52,7 @@ def qwk_at_eyepacs_mix(y_true: Any, y_pred: Any, n_classes: int = 5) -> float:
     return quadratic_weighted_kappa_fast(y_true, y_pred, n_classes, prevalence_weights(y_true))
 
 
-@register_metric("qwk_eyepacs", bootstrap="group:patient", pair=lambda t, p: qwk_at_eyepacs_mix(t, p))
+@register_metric("qwk_eyepacs", bootstrap="group", pair=qwk_at_eyepacs_mix)
 def _qwk_eyepacs(inp: MetricInput) -> float:
     """QWK re-weighted to EyePACS's released grade mix (73.5% grade 0)"""
     return qwk_at_eyepacs_mix(inp.y_true, inp.y_pred, len(inp.classes))

@@ -13,7 +13,7 @@ from cvbench.results import RunRecord
 from .protocol import EYEPACS_GRADE_COUNTS, all_zeros_metrics, qwk_at_eyepacs_mix
 from .reader import GRADES
 
-# Cited by the source study (SEEDS.md); other data, splits and resolutions: not our runs.
+# Cited by the source study (docs/studies.md); other data, splits and resolutions: not our runs.
 LITERATURE = (
     ("ResNet", "QWK", 0.51),
     ("Deeply supervised ResNet", "QWK", 0.73),

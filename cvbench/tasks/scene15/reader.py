@@ -2,7 +2,7 @@
 
 Two layouts are accepted:
 
-- split folders (as in the course homework and ../shared/data/scene15):
+- split folders (as in the course homework's copy):
   `train/<Class>/*.jpg` and `test/<Class>/*.jpg`; the split on disk is the protocol.
 - the original single-folder release (4485 images): `<class>/*.jpg`, 15 class folders;
   standard protocol: `train_per_class` (100) seeded-random training images per class, the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cvbench.report import Page, fmt, md_table
 from cvbench.results import RunRecord
 
-# Accuracies the source study REPORTS (quoted from SEEDS.md, scene15 section; not our runs).
+# Accuracies the source study REPORTS (docs/studies.md, scene15; not our runs).
 STUDY_TINY_K = {1: 0.2233, 2: 0.1787, 3: 0.1887, 4: 0.2047, 5: 0.2020, 6: 0.1980, 7: 0.2000,
                 8: 0.2033, 9: 0.1980, 10: 0.2020}
 STUDY_BOW_K = {1: 0.5933, 8: 0.6120, 10: 0.5973}  # dsift step 1 (k=2..7, 9 not quoted)
@@ -78,7 +78,7 @@ def section_study(page: Page) -> str:
              "No bag-of-SIFT record here is at the study's exact pipeline (L1 histograms, L1 "
              "metric): the tables compare our improvement with the study. ")
     head = ("## Against the source study\n\nStudy numbers are the accuracies the course homework "
-            "reports (SEEDS.md); ours are test-split results of the runs above (suite block label; "
+            "reports ([the study](../docs/studies.md#scene15)); ours are test-split results of the runs above (suite block label; "
             "the latest run per setting). " + which + "Every k of these tables is a sweep scored "
             "on the test split, as the study's tables are.\n\n")
     return head + "\n".join(out)
