@@ -28,3 +28,31 @@ def discard(path: str | Path, reason: BaseException | str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- which stages a cache served
+_USAGE: dict[str, list[int]] = {}
+
+
+def note(stage: str, hit: bool, n: int = 1) -> None:
+    """Count a cache lookup of `stage` ("descriptors", "embeddings", ...): `n` items found
+    (hit) or computed (miss). The runner reads the counts into each record (`usage`), so a
+    record says which of its stages a cache served and a page can tell cold runs from warm."""
+    counts = _USAGE.setdefault(stage, [0, 0])
+    counts[0 if hit else 1] += int(n)
+
+
+class usage:
+    """`with usage() as u: ...` -> u.counts {stage: {"hits": h, "misses": m}} of the lookups
+    made inside the block (nested blocks each see their own)."""
+
+    def __enter__(self) -> usage:
+        self._before = {k: list(v) for k, v in _USAGE.items()}
+        self.counts: dict[str, dict[str, int]] = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for stage, (h, m) in _USAGE.items():
+            h0, m0 = self._before.get(stage, [0, 0])
+            if h - h0 or m - m0:
+                self.counts[stage] = {"hits": h - h0, "misses": m - m0}

@@ -34,7 +34,8 @@ def _options(args, **over):
     fields = dict(data_dir=args.data_dir, device=args.device, n_jobs=args.jobs,
                   quick=getattr(args, "quick", False), skip_bad=args.skip_bad,
                   force=getattr(args, "force", False), progress=not args.no_progress,
-                  leaderboard=getattr(args, "leaderboard", None))
+                  leaderboard=getattr(args, "leaderboard", None),
+                  command=("cvbench", *getattr(args, "argv", ())))
     return RunOptions(**{**fields, **over})
 
 
@@ -136,19 +137,21 @@ def _result_line(rec) -> str:
 
 
 def _show(task_name: str, root: Path) -> None:
-    """Print every method's row of a task (what its page leads with)."""
-    from .report import Page, fmt_row_metric, fmt_seconds, label_rows, row_label
+    """Print every row of a task (what its page leads with)."""
+    from .format import fmt_seconds
+    from .report import Page, fmt_rank, fmt_row_metric, row_label
     from .results import load_records
     from .tasks import get_task
 
     task = get_task(task_name)
-    page = Page(task, [r for r in load_records(task.name, root) if not r.quick] or load_records(task.name, root),
-                [], root)
-    rows = label_rows(page)
+    records = load_records(task.name, root)
+    page = Page(task, [r for r in records if not r.quick] or records, [], root)
+    rows = page.table.rows
     width = max([len(row_label(r)) for r in rows] + [6])
-    print(f"\n{'method':<{width}}  {task.primary + ' [95% CI]':<40} runtime")
+    print(f"\n{'method':<{width}}  {task.primary + ' [95% CI]':<44} {'rank':<8} runtime")
     for r in rows:
-        print(f"{row_label(r):<{width}}  {fmt_row_metric(r, task.primary):<40} {fmt_seconds(r.run_seconds(page))}")
+        print(f"{row_label(r):<{width}}  {fmt_row_metric(r, task.primary):<44} {fmt_rank(r):<8} "
+              f"{fmt_seconds(r.runtime().seconds)}")
 
 
 def _block(args, params: dict, conditions: dict | None = None):
@@ -177,9 +180,9 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     """One method on every task (its standard protocol) into a private leaderboard, next to
     the committed leaderboard's best run per family."""
+    from .format import fmt
     from .paths import leaderboard_dir
     from .plan import expand, plan_runs
-    from .report import fmt
     from .results import load_records
     from .run import execute
     from .tasks import get_task, list_tasks
@@ -250,6 +253,49 @@ def cmd_tune(args) -> int:
     for path in result.files:
         print(f"wrote {path}")
     return 0
+
+
+def cmd_rerun(args) -> int:
+    """Re-run one record from its stored specification and compare its metric."""
+    from .methods import HIDDEN_PARAMS
+    from .plan import RunSpec, plan_runs
+    from .results import load_records
+    from .run import execute
+    from .tasks import get_task, list_tasks
+
+    root = Path(args.leaderboard) if args.leaderboard else None
+    found = [r for t in list_tasks() for r in load_records(t.name, root, warn=lambda m: None)
+             if r.key.startswith(args.key)]
+    if not found:
+        raise UserError(f"no record has a key starting {args.key!r} in {root or 'the committed leaderboard'}")
+    if len({r.key for r in found}) > 1:
+        raise UserError(f"{len(found)} records have keys starting {args.key!r}: "
+                        f"{', '.join(sorted(r.key for r in found)[:5])}; give more of the key")
+    rec = found[0]
+    task = get_task(rec.task)
+    spec = RunSpec(rec.method, params={k: v for k, v in rec.params.items() if k not in HIDDEN_PARAMS},
+                   seed=rec.seed, label=rec.label, sweep=tuple(rec.sweep), block=rec.block,
+                   conditions=dict(rec.conditions))
+    options = _options(args, quick=rec.quick, force=True, save=args.save)
+    plan = plan_runs(task, [spec], options, log=lambda m: None)
+    (planned,) = plan.runs
+    print(f"re-running {rec.key} ({rec.task} {rec.method}, seed {rec.seed}{', quick' if rec.quick else ''}), "
+          f"recorded at commit {rec.git or 'unknown'} on {rec.started[:10] or 'an unknown day'}"
+          + (f" by `{' '.join(rec.command)}`" if rec.command else ""))
+    if planned.key != rec.key:
+        print(f"note: this run's key is {planned.key}, not {rec.key}: the data or the method's "
+              "parameters differ from the record's")
+    planned.selection = rec.info.get("selection")  # a record chosen on validation stays so
+    new: list = []
+    execute(plan, options, on_record=new.append)
+    if not new:
+        return 1
+    metric = task.primary
+    old_v, new_v = rec.metric(metric), new[0].metric(metric)
+    same = old_v is not None and new_v is not None and abs(old_v - new_v) <= 1e-9
+    print(f"{metric}: recorded {old_v:.4f}, now {new_v:.4f} ({'the same' if same else f'differs by {new_v - old_v:+.4f}'}); "
+          f"code now at {new[0].git}" + ("" if args.save else " (not saved; --save replaces the record)"))
+    return 0 if same else 1
 
 
 def cmd_leaderboard(args) -> int:
@@ -348,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=".cache/tune", help="folder for the table and figure (default .cache/tune)")
     t.set_defaults(fn=cmd_tune)
 
+    rr = sub.add_parser("rerun", parents=[common],
+                        help="re-run one record from its stored specification and compare its metric")
+    rr.add_argument("key", help="the record's run key (a unique prefix is enough)")
+    rr.add_argument("--leaderboard", help="leaderboard folder holding the record (default: leaderboard/)")
+    rr.add_argument("--save", action="store_true", help="replace the stored record with the new run")
+    rr.set_defaults(fn=cmd_rerun)
+
     lb = sub.add_parser("leaderboard", parents=[common], help="re-render leaderboard pages from records")
     lb.add_argument("--leaderboard", help="leaderboard folder (default: leaderboard/)")
     lb.set_defaults(fn=cmd_leaderboard)
@@ -360,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = tuple(argv)
     try:
         return args.fn(args)
     except UserError as exc:

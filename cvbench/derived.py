@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from .atomic import atomic_write_bytes, atomic_write_text
-from .cache import CORRUPT, discard
+from .cache import CORRUPT, discard, note
 from .paths import cache_dir
 from .pixels import as_rgb
 from .split import Split
@@ -65,6 +65,7 @@ def augmented_split(split, apply, seed: int, tag: str, name: str | None = None,
         except CORRUPT as exc:
             discard(manifest, exc)
             stat = None
+    note("augmented images", hit=stat is not None)
     if stat is None:
         stat = []
         for i, path in enumerate(paths):

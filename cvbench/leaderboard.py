@@ -13,28 +13,25 @@ import os
 import shutil
 from pathlib import Path
 
+from .aggregate import CSV_COLUMNS, cell_name, csv_rows
 from .atomic import atomic_write_text
+from .figures import cost_figure
+from .format import fmt, fmt_budget, md_table
 from .paths import leaderboard_dir
 from .report import (
     DEFAULT_SECTIONS,
-    ROW_NOTE,
+    RUNTIME_NOTE,
     SECTIONS,
     Page,
-    Row,
-    cost_figure,
-    fmt,
-    fmt_budget,
+    fmt_rank,
     fmt_row_metric,
-    fmt_seconds,
-    label_rows,
-    md_table,
-    pooled_interval,
+    fmt_runtime,
+    headline_choice,
+    marks_note,
     row_label,
 )
 from .results import RunRecord, load_records
 from .tasks import Task, list_tasks
-
-FAMILY_ORDER = ("classical", "deep", "pretrained", "baseline")
 
 
 def _header(task: Task, records: list[RunRecord], quick: list[RunRecord]) -> list[str]:
@@ -74,104 +71,100 @@ def render_task(task: Task, records: list[RunRecord], fig_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def family_best(page: Page) -> list[tuple[Row, bool]]:
-    """(row, chosen among several) of the best configuration of each family and data variant."""
-    fam_rows: dict[tuple[str, str], list[Row]] = {}
-    for r in label_rows(page):
-        fam_rows.setdefault((r.family, r.variant), []).append(r)
-    order = sorted(fam_rows, key=lambda k: (FAMILY_ORDER.index(k[0]) if k[0] in FAMILY_ORDER else 9, k[1]))
-    return [(fam_rows[k][0], len(fam_rows[k]) > 1) for k in order]
-
-
 def render_index(tasks: list[Task], records_by_task: dict[str, list[RunRecord]],
                  fig_dir: Path | None = None) -> str:
     lines = [
         "# cvbench leaderboard\n",
         "Every number below comes from a stored run record (`leaderboard/results/<task>.jsonl`), "
-        "rendered by `cvbench leaderboard`; `leaderboard/results.csv` holds the same rows for tools. "
-        "Data variants are named: most tasks here run on the subsets each data line names, not the "
-        "full datasets, and CPU runs use small recorded budgets, not the source studies' GPU "
-        "protocols. Each score comes with the bootstrap 95% interval of that metric.\n",
-        "## Overview: best configuration of each method family\n",
+        "rendered by `cvbench leaderboard`; `leaderboard/results.csv` holds every configuration "
+        "for tools. Data variants are named: most tasks here run on subsets of the datasets (the "
+        "data column says which), not the full datasets, and CPU runs use small recorded "
+        "budgets, not the source studies' GPU protocols. Each score comes with the bootstrap 95% "
+        "interval of that metric.\n",
+        "## Overview: the headline of each method family\n",
+        "A family's headline is its configuration with the best validation score (on data carved "
+        "from the training split, never the test split), in the task's default cell: the training "
+        "and test conditions it names. Rank: its rank interval among every method of the task on "
+        "the same test items (paired tests, Holm-adjusted; see the task page).\n",
     ]
     rows = []
     pictures = []
+    quick_rows = []
     for task in tasks:
-        recs = [r for r in records_by_task.get(task.name, []) if not r.quick]
+        all_recs = records_by_task.get(task.name, [])
+        recs = [r for r in all_recs if not r.quick]
         link = f"[{task.name}]({task.name}.md)"
+        quick_rows += [[link, r.label, r.method, fmt(r.metric(task.primary)), str(r.test_n),
+                        str(r.data.get("train", {}).get("n", "–")), r.started[:10]]
+                       for r in all_recs if r.quick]
         if not recs:
-            rows.append([link, "–", "no runs yet", "–", "–", "–", "–", f"`cvbench suite {task.name}`"])
+            rows.append([link, "–", "no runs yet", "–", "–", "–", "–", "–", "–", "–",
+                         f"`cvbench suite {task.name}`"])
             continue
         page = Page(task=task, records=recs, quick=[], fig_dir=fig_dir or Path("."))
-        for row, chosen in family_best(page):
+        extra = task_overview(task, page)
+        for row, n, how in page.table.headlines:
             score = f"{task.primary} {fmt_row_metric(row, task.primary)}"
+            for name in task.overview_metrics:
+                score += f"; {name} {fmt_row_metric(row, name)}"
             if task.primary != "accuracy":
                 score += f"; accuracy {fmt(row.mean('accuracy'))}"
-            data = "GENERATED FIXTURE" if row.best.is_fixture else row.variant
-            rows.append([link, f"{row.family}: {row_label(row, chosen)}", score, str(row.best.test_n),
-                         fmt_seconds(row.run_seconds(page)), row.best.device_name, fmt_budget(row.best),
-                         data])
+            cell = cell_name(row.cell) or "no condition"
+            trained = f"{row.train_n}" + (f" ({cell})" if row.cell else "")
+            data = "GENERATED FIXTURE" if row.first.is_fixture else row.variant
+            rows.append([link, f"{row.family}: {row_label(row, how)}", score,
+                         f"{fmt_rank(row)} of {row.rank_of}" if row.rank else "–",
+                         headline_choice(row, n, how), trained, f"{row.test_n}" + (f" ({extra})" if extra else ""),
+                         fmt_runtime(row), row.first.device_name, fmt_budget(row.first), data])
         if fig_dir is not None:
             path = fig_dir / f"{task.name}-score-vs-runtime.png"
-            if cost_figure(page, label_rows(page), path, f"{task.name}: {task.primary} against runtime"):
+            if cost_figure(page.table.rows, task.primary, path, f"{task.name}: {task.primary} against runtime"):
                 pictures.append(f"### {task.name}\n\n![{task.name}: {task.primary} against runtime]"
                                 f"(figures/index/{path.name})\n")
-    lines.append(md_table(["task", "best (family: method)", "score [95% CI]", "test n", "runtime",
+    lines.append(md_table(["task", "headline (family: method)", "score [95% CI]", "rank",
+                           "chosen by", "trained on (N, cell)", "tested on (n)", "runtime",
                            "device", "budget", "data"], rows))
-    lines.append(ROW_NOTE)
+    lines.append(marks_note("\n".join(lines)))
+    lines.append(RUNTIME_NOTE)
     if pictures:
         lines.append("## Accuracy against cost\n")
-        lines.append("One point per method's configuration (mean over seeds, with its 95% interval), "
-                     "coloured by family; runtime is fit + predict of that run, log scale. The "
+        lines.append("One point per row of each task page (mean over seeds, with its 95% interval), "
+                     "coloured by family; runtime is the row's own fit + predict, log scale. The "
                      "cheap-and-good methods sit top left.\n")
         lines.extend(pictures)
+    if quick_rows:
+        lines.append("## Quick runs (smoke tests on small subsets; not results)\n")
+        lines.append("`--quick` runs a few images per class with the suites' quick overrides, to "
+                     "check that a method runs. They are never compared with a study or ranked.\n")
+        lines.append(md_table(["task", "label", "method", "score", "test n", "train n", "run on"], quick_rows))
     lines.append("\n## Data behind each task\n")
     for task in tasks:
         variants = sorted({r.variant for r in records_by_task.get(task.name, []) if not r.quick})
         lines.append(f"- **{task.name}**: " + ("; ".join(variants) if variants else "no runs yet"))
-    lines.append("\nRuntime = training + prediction time of that run. Each task page has every "
-                 "method's row, the sweeps, confusion matrices and learning curves.\n")
+    lines.append("")
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ("task", "variant", "label", "method", "family", "metric", "mean", "sd", "n_seeds",
-               "seeds", "ci_low", "ci_high", "test_selected", "chosen_by", "runtime_s", "device",
-               "budget", "run_keys")
-
-
-def results_rows(tasks: list[Task], records_by_task: dict[str, list[RunRecord]]) -> list[dict]:
-    """One row per (task, data variant, method label): what results.csv holds."""
-    out = []
-    for task in tasks:
-        recs = [r for r in records_by_task.get(task.name, []) if not r.quick]
-        if not recs:
-            continue
-        page = Page(task=task, records=recs, quick=[], fig_dir=Path("."))
-        for row in label_rows(page):
-            values = row.values(task.primary)
-            ci = pooled_interval(row.records, task.primary)
-            out.append({
-                "task": task.name, "variant": row.variant, "label": row.label, "method": row.best.method,
-                "family": row.family, "metric": task.primary,
-                "mean": round(float(values.mean()), 6) if len(values) else "",
-                "sd": round(float(values.std(ddof=1)), 6) if len(values) > 1 else "",
-                "n_seeds": len(row.records), "seeds": " ".join(map(str, row.seeds)),
-                "ci_low": round(ci[0], 6) if ci else "", "ci_high": round(ci[1], 6) if ci else "",
-                "test_selected": row.test_selected, "chosen_by": row.chosen_by,
-                "runtime_s": round(row.run_seconds(page), 3), "device": row.best.device_name,
-                "budget": fmt_budget(row.best), "run_keys": " ".join(r.key for r in row.records),
-            })
-    return out
+def task_overview(task: Task, page: Page) -> str:
+    """A task's own fact about its test set for the overview (its report.py's
+    `overview_note(page)`, e.g. retinopathy's test grade mix), or ''."""
+    mod = task.module("report")
+    note = getattr(mod, "overview_note", None) if mod else None
+    return note(page) if note else ""
 
 
 def results_csv(tasks: list[Task], records_by_task: dict[str, list[RunRecord]]) -> str:
+    """Every configuration of every task as one CSV row (cvbench.aggregate.csv_rows)."""
     import csv
     import io
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(results_rows(tasks, records_by_task))
+    for task in tasks:
+        recs = [r for r in records_by_task.get(task.name, []) if not r.quick]
+        if recs:
+            writer.writerows(csv_rows(Page(task=task, records=recs, quick=[], fig_dir=Path(".")).table))
     return buf.getvalue()
 
 

@@ -50,6 +50,8 @@ from .params import validate_params
 
 #: How to run, not what: never part of a run key, never shown as a varying parameter.
 RUNTIME_PARAMS = ("device", "n_jobs", "resume", "joblib_backend")
+#: Not part of what a configuration is (the seed varies within one): left out of tables.
+HIDDEN_PARAMS = (*RUNTIME_PARAMS, "seed")
 FAMILIES = ("classical", "deep", "pretrained", "baseline")
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "evaluate",
     "group_accuracy",
     "group_bootstrap",
+    "holm",
+    "mcnemar_p",
     "register_metric",
     "macro_f1",
     "map_at_k",
@@ -365,13 +367,13 @@ def group_statistics(correct: Any, strata: Any) -> dict[str, Any]:
             "std": per_group.std(1), "min": per_group.min(1)}
 
 
-def resample_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> list[np.ndarray]:
-    """Bootstrap resamples of item indices: items with replacement, or whole groups with
-    replacement when `groups` (per-item group ids, e.g. patients) is given, so items of one
-    group (both eyes of a patient) always move together."""
+def resample_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> list[np.ndarray] | np.ndarray:
+    """Bootstrap resamples of item indices: items with replacement (one (n_boot, n) array),
+    or whole groups with replacement when `groups` (per-item group ids, e.g. patients) is
+    given, so items of one group (both eyes of a patient) always move together (a list)."""
     rng = np.random.default_rng(seed)
     if groups is None:
-        return [rng.integers(0, n, size=n) for _ in range(n_boot)]
+        return rng.integers(0, n, size=(n_boot, n))
     names, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(names))]
     out = []
@@ -403,6 +405,33 @@ def bootstrap_mean(values: Any, n_boot: int = 1000, seed: int = 0, groups: Any =
     return _quantiles(np.asarray(means), alpha)
 
 
+def mcnemar_p(correct_a: Any, correct_b: Any) -> float:
+    """Exact two-sided McNemar p-value that two classifiers on the same items are equally
+    accurate: a binomial test on the items exactly one of them gets right (1.0 when none)."""
+    from scipy.stats import binomtest
+
+    a, b = _bool(correct_a, "correct_a"), _bool(correct_b, "correct_b")
+    if len(a) != len(b):
+        raise ValueError(f"paired runs need the same items: {len(a)} vs {len(b)}")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (family-wise error over all the comparisons)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 # ---------------------------------------------------------------- the metric registry
 @dataclass(frozen=True)
 class MetricInput:
@@ -415,6 +444,12 @@ class MetricInput:
     groups: Mapping[str, Any]
     seed: int = 0
     group_key: str | None = None  # the task's grouping (e.g. patient): "group" bootstraps by it
+
+    def take(self, idx: np.ndarray) -> MetricInput:
+        """The input restricted to items `idx` (a bootstrap resample)."""
+        return MetricInput(self.y_true[idx], self.y_pred[idx], self.scores[idx], self.classes,
+                           {k: np.asarray(v)[idx] for k, v in self.groups.items()}, self.seed,
+                           self.group_key)
 
 
 @dataclass(frozen=True)
@@ -444,6 +479,30 @@ class Metric:
         else:
             return None
         return inp.groups.get(key) if key else None  # items when the split has no such groups
+
+    def value(self, inp: MetricInput) -> float:
+        """The metric's scalar value on `inp` (a metric computing several values names the
+        scalar after itself, e.g. map5's {"map5", "top5_accuracy"})."""
+        if self.per_item is not None:
+            v = self.per_item(inp)
+            return float(np.mean(v)) if len(v) else 0.0
+        if self.pair is not None:
+            return float(self.pair(inp.y_true, inp.y_pred, len(inp.classes)))
+        out = self.compute(inp)
+        return float(out[self.name] if isinstance(out, Mapping) else out)
+
+    def samples(self, inp: MetricInput, draws: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        """The scalar value on every resample in `draws` (index arrays into inp's items, or
+        one (n_boot, n) array when every resample has n items)."""
+        if self.per_item is not None:
+            v = np.asarray(self.per_item(inp), dtype=np.float64)
+            if isinstance(draws, np.ndarray) and draws.ndim == 2:
+                return v[draws].mean(axis=1) if draws.shape[1] else np.zeros(len(draws))
+            return np.array([v[i].mean() if len(i) else 0.0 for i in draws])
+        if self.pair is not None:
+            k = len(inp.classes)
+            return np.array([self.pair(inp.y_true[i], inp.y_pred[i], k) for i in draws], dtype=np.float64)
+        return np.array([self.value(inp.take(i)) for i in draws])
 
     def interval(self, inp: MetricInput) -> list[float] | None:
         if self.bootstrap is None:
@@ -514,6 +573,16 @@ def quadratic_weighted_kappa_fast(y_true: np.ndarray, y_pred: np.ndarray, n_clas
     expected = np.outer(cm.sum(1), cm.sum(0)) / n
     den = float((w * expected).sum())
     return 0.0 if den == 0 else 1.0 - float((w * cm).sum()) / den
+
+
+def _correct(inp: MetricInput) -> np.ndarray:
+    return (inp.y_true == inp.y_pred).astype(np.float64)
+
+
+# accuracy itself is computed by `evaluate` (with its binomial interval); the registry entry
+# lets the aggregation resample it like any other metric
+_METRICS["accuracy"] = Metric("accuracy", lambda inp: accuracy(inp.y_true, inp.y_pred), "item",
+                              per_item=_correct, description="fraction of items predicted correctly")
 
 
 @register_metric("topk")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open
-from .cache import CORRUPT, discard
+from .cache import CORRUPT, discard, note
 from .errors import BadImageError
 from .paths import cache_dir
 
@@ -80,10 +80,12 @@ def split_pixels(split, size: int, mode: str = "rgb", n_jobs: int | None = None)
         try:
             arr = np.load(path, mmap_mode="r" if path.stat().st_size > 2e9 else None)
             if arr.shape == expected and arr.dtype == np.uint8:
+                note("decoded pixels", hit=True)
                 return arr
             raise ValueError(f"shape {arr.shape}, expected {expected}")
         except CORRUPT as exc:
             discard(path, exc)
+    note("decoded pixels", hit=False)
     arr = decode_split(split, size, n_jobs)
     if mode == "gray":
         arr = _gray(arr)

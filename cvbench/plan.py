@@ -26,7 +26,7 @@ from .conditions import apply_train, split_conditions
 from .errors import UserError
 from .methods import Method, create_method, key_params
 from .results import completed_keys, run_key
-from .split import Split, drop_unreadable, per_class_limit
+from .split import Split, carve_validation, drop_unreadable, per_class_limit
 from .tasks import Task, get_task
 
 SELECT_MODES = ("test", "validation")
@@ -128,6 +128,7 @@ class RunOptions:
     progress: bool = True
     blas_threads: int | None = None
     leaderboard: str | None = None  # write records here instead of the committed leaderboard
+    command: tuple[str, ...] = ()  # the command line a record stores (how it was asked for)
 
     @property
     def root(self) -> Path | None:
@@ -139,6 +140,7 @@ class PlannedRun:
     spec: RunSpec
     key: str
     recorded: bool
+    selection: dict[str, Any] | None = None  # how a select = "validation" block chose it
 
 
 @dataclass
@@ -273,3 +275,19 @@ def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
         f"({test.meta.get('variant', '')}){' [quick]' if options.quick else ''}; "
         f"{sum(len(g.runs) for g in groups.values())} run(s) on {device}")
     return Plan(task, data, device, list(groups.values()), skipped)
+
+
+def validation_carve(task: Task, train: Split, fraction: float = 0.2,
+                     seed: int = 0) -> tuple[Split, Split]:
+    """(fitting part, validation part) of a training split, with the task's grouping."""
+    return carve_validation(train, fraction, seed=seed, group_key=task.val_group_key)
+
+
+def training_split(task: Task, options: RunOptions, seed: int = 0) -> Split:
+    """The task's training split (per-class subset with quick); its test side is not touched."""
+    train, _test = task.load_splits(options.data_dir, seed=split_seed(task, seed), skip_bad=options.skip_bad)
+    if options.skip_bad:
+        train = drop_unreadable(train)
+    if options.quick:
+        train = per_class_limit(train, task.quick_limit[0], seed=seed, name=train.name)
+    return train

@@ -1,195 +1,61 @@
-"""Building blocks of leaderboard pages: formatting, figures, and the shared page sections.
+"""Task pages: the shared sections, formatting the tables cvbench.aggregate builds.
 
 A task page is a list of sections named in the task's `task.toml` (`[report] sections`).
-The shared ones live here (best runs, stage times, confusion matrices, learning curves,
-sweeps, group disparity, paired differences, seeds, all runs); a task adds its own in
-`cvbench/tasks/<task>/report.py` (SECTIONS). Each section is a function of a `Page` (the
-task, its records, where figures go) returning markdown. Sections read `RunRecord`s only:
-nothing here asks the method registry or reads data.
+The shared ones are here (`SECTIONS`); a task adds its own in
+`cvbench/tasks/<task>/report.py`. Each section is a function of a `Page` (the task, its
+records, its aggregated table, where figures go) returning markdown. Sections read
+`RunRecord`s and aggregate tables only: nothing here asks the method registry or reads data,
+and nothing here chooses, pools or tests (cvbench.aggregate does).
 """
 
 from __future__ import annotations
 
-import io
-import math
+import functools
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from .aggregate import Row, TaskTable, cell_name, task_classes, task_table
+from .compare import (
+    N_BOOT,
+    comparison_config,
+    comparison_families,
+    family_order,
+    family_title,
+    paired_quantities,
+    variant_name,
+    variant_rank,
+)
+from .figures import confusion_png, cost_figure, curves_png
+from .format import (
+    SWEEP_MARK,
+    details,
+    fmt,
+    fmt_budget,
+    fmt_ci,
+    fmt_seconds,
+    md_table,
+    num,
+    param_str,
+    slug,
+    sort_key,
+    values_of,
+    varying_params,
+)
 from .results import BUSY_LOAD, RunRecord
 
-SWEEP_MARK = "†"
-HIDDEN_PARAMS = ("device", "n_jobs", "seed", "resume", "joblib_backend")
-
-
-# ---------------------------------------------------------------- formatting
-def fmt(x: Any, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
-def fmt_ci(rec: RunRecord, name: str = "accuracy", digits: int = 4) -> str:
-    value = fmt(rec.metric(name), digits)
-    ci = rec.interval(name)
-    return f"{value} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else value
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(c: Any) -> str:
-        return " ".join(str(c).split("\n")).replace("|", "\\|")
-
-    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(out) + "\n"
-
-
-def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "run"
-
-
-def fmt_budget(rec: RunRecord) -> str:
-    b = rec.budget or {}
-    parts = []
-    if b.get("protocol"):
-        parts.append(str(b["protocol"]))
-    if b.get("epochs_run") is not None and b.get("epochs") is not None:
-        if b["epochs_run"] != b["epochs"] or "epoch" not in str(b.get("protocol", "")):
-            parts.append(f"{b['epochs_run']}/{b['epochs']} ep")
-    elif b.get("epochs") is not None and "epoch" not in str(b.get("protocol", "")):
-        parts.append(f"{b['epochs']} ep")
-    if b.get("time_budget_s"):
-        cpu = " CPU" if b.get("budget_clock") == "process" else ""
-        parts.append(f"≤{fmt_seconds(float(b['time_budget_s']))}{cpu}")
-    if b.get("stopped_early"):
-        parts.append("stopped early")
-    if rec.quick:
-        parts.append("quick")
-    return ", ".join(parts) or ("quick" if rec.quick else "full")
-
-
-def _sort_key(v):
-    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
-
-
-def values_of(rec: RunRecord) -> dict[str, Any]:
-    """Parameters and conditions of a run in one mapping (what a sweep varies)."""
-    return {**rec.params, **rec.conditions}
-
-
-def varying_params(records: list[RunRecord]) -> list[str]:
-    """Parameter and condition names whose value differs between the given records."""
-    keys: dict[str, set] = defaultdict(set)
-    for r in records:
-        for k, v in values_of(r).items():
-            if k not in HIDDEN_PARAMS:
-                keys[k].add(repr(v))
-    return sorted(k for k, vals in keys.items() if len(vals) > 1)
-
-
-def param_str(rec: RunRecord, names: list[str]) -> str:
-    values = values_of(rec)
-    return ", ".join(f"{k}={values.get(k)}" for k in names if k in values)
-
-
-def one_line(rec: RunRecord) -> str:
-    """Method name, the parameters that differ from its defaults, conditions, seed, budget."""
-    defaults = rec.defaults
-    names = [k for k, v in rec.params.items()
-             if k not in HIDDEN_PARAMS and (k not in defaults or defaults[k] != v)]
-    names += sorted(rec.conditions)
-    return (f"`{rec.method}` " + (param_str(rec, names) or "defaults")
-            + f"; seed {rec.seed}; {fmt_budget(rec)}")
-
-
-# ---------------------------------------------------------------- figures
-def figure_setup():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.hashsalt": "cvbench", "font.size": 8})
-    return plt
-
-
-def save_png(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def confusion_png(rec: RunRecord, classes: list[str], path: Path, title: str) -> None:
-    plt = figure_setup()
-    cm = np.asarray(rec.metrics["confusion"], dtype=float)
-    rows = cm.sum(1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    n = len(classes)
-    size = max(4.0, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=60, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=8)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="row-normalised")
-    save_png(fig, path)
-    plt.close(fig)
-
-
-def curves_png(rec: RunRecord, path: Path, title: str) -> bool:
-    curves = rec.curves
-    epochs = curves.get("epoch")
-    if not epochs:
-        return False
-    plt = figure_setup()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
-    for key, ax in (("loss", a1), ("acc", a2)):
-        for side, style in (("train", "-"), ("val", "--")):
-            ys = curves.get(f"{side}_{key}")
-            if ys and any(y is not None for y in ys):
-                ax.plot(epochs[: len(ys)], ys, style, label=side)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss" if key == "loss" else "accuracy")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=8)
-    save_png(fig, path)
-    plt.close(fig)
-    return True
+CHOSEN_MARK = SWEEP_MARK  # a choice made on the test split
+DIRTY_MARK = "‡"  # the record came from uncommitted code
 
 
 # ---------------------------------------------------------------- the page context
 @dataclass
 class Page:
-    """What a section sees: the task (its config), its full and quick records, and the
-    folder its figures go to (named `figures/<task>/` in the page's links)."""
+    """What a section sees: the task (its config), its full and quick records, their
+    aggregated table, and the folder its figures go to (`figures/<task>/` in the links)."""
 
     task: Any
     records: list[RunRecord]
@@ -200,6 +66,14 @@ class Page:
     @property
     def primary(self) -> str:
         return self.task.primary
+
+    @functools.cached_property
+    def table(self) -> TaskTable:
+        return task_table(self.task, self.records)
+
+    @functools.cached_property
+    def classes(self) -> tuple[str, ...]:
+        return task_classes(self.task, self.records or self.quick)
 
     def figure_path(self, name: str) -> tuple[Path, str]:
         """(file to write, link for the page) of a figure; names must be unique per page."""
@@ -218,94 +92,218 @@ class Page:
         recs = self.records if records is None else records
         return sorted(recs, key=lambda r: (-self.value(r), r.label, r.key))
 
-    def best_by_label(self, records: list[RunRecord] | None = None) -> dict[str, RunRecord]:
-        best: dict[str, RunRecord] = {}
-        for r in self.sorted(records):
-            best.setdefault(r.label, r)
-        return best
-
-    def timed(self, rec: RunRecord, records: list[RunRecord] | None = None) -> RunRecord:
-        """The run whose timings stand for `rec`: the slowest run with its label, quick flag
-        and parameters except the method's `feature_cache_params` (e.g. k of a k-NN on
-        cached histograms). That run computed the features the others re-used."""
-        free = set(rec.feature_cache_params)
-        if not free:
-            return rec
-        recs = self.records if records is None else records
-
-        def fixed(r):
-            return ({k: v for k, v in r.params.items() if k not in free}, r.conditions)
-
-        same = [r for r in recs if r.label == rec.label and r.method == rec.method
-                and r.quick == rec.quick and fixed(r) == fixed(rec)]
-        return max(same or [rec], key=lambda r: r.run_seconds)
+    def shown_rows(self) -> list[Row]:
+        """The table's rows in a stable order (label, then conditions)."""
+        return sorted(self.table.rows, key=lambda r: (r.label, cell_name(r.cell), r.variant))
 
 
-def marked(rec: RunRecord) -> str:
-    return rec.label + (f" {SWEEP_MARK}" if rec.sweep else "")
+# ---------------------------------------------------------------- formatting aggregate rows
+def row_name(row: Row) -> str:
+    """The row's label and, when it has conditions, its cell."""
+    cell = cell_name(row.cell)
+    return row.label + (f" · {cell}" if cell else "")
 
 
-SWEEP_NOTE = (f"{SWEEP_MARK} best point of a sweep scored on the test split: a test-selected, "
-              "optimistic number; the sweep table shows every point.\n")
-TIMED_NOTE = ("Times of a sweep point that re-used cached features (e.g. another k on the same "
-              "histograms) are those of the run that computed them.\n")
+def seed_note(row: Row) -> str:
+    return f" of {len(row.records)} seeds" if len(row.records) > 1 else ""
+
+
+def fmt_row_metric(row: Row, metric: str, digits: int = 4) -> str:
+    """'0.4071 [0.382, 0.434]' for one seed; '0.4012 ± 0.0061 (3 seeds) [0.385, 0.417]'."""
+    mean = row.mean(metric)
+    if mean is None:
+        return "–"
+    ci = row.interval(metric)
+    ci_text = f" [{num(ci[0])}, {num(ci[1])}]" if ci else ""
+    if len(row.records) == 1:
+        return f"{mean:.{digits}f}{ci_text}"
+    return f"{mean:.{digits}f} ± {row.sd(metric):.{digits}f} ({len(row.records)} seeds){ci_text}"
+
+
+def fmt_rank(row: Row) -> str:
+    if not row.rank:
+        return "–"
+    lo, hi = row.rank
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def fmt_runtime(row: Row) -> str:
+    rt = row.runtime()
+    note = rt.note()
+    return fmt_seconds(rt.seconds) + (f" ({note})" if note else "")
+
+
+def row_label(row: Row, headline_choice: str = "") -> str:
+    marks = ""
+    if row.test_selected or headline_choice == "test":
+        marks += f" {CHOSEN_MARK}"
+    if any(r.dirty for r in row.records):
+        marks += f" {DIRTY_MARK}"
+    return row_name(row) + marks
+
+
+def chosen_by(row: Row) -> str:
+    if row.selection == "single":
+        return "only configuration"
+    if row.selection == "validation":
+        score, source = row.validation
+        return f"validation ({row.candidates} points; {source}: {score:.3f})"
+    return f"test split ({row.candidates} configurations) {CHOSEN_MARK}"
+
+
+SEEDS_NOTE = ("A configuration with several seeds shows their mean ± sd; its interval resamples "
+              "each test set (paired across seeds that share one) and averages the seeds.")
+CHOSEN_NOTE = (f"{CHOSEN_MARK} chosen on the test split: the best of several configurations by their "
+               "test score, because they had no validation score to choose by; the number is "
+               "optimistic and the sweep tables show every point.")
+DIRTY_NOTE = f"{DIRTY_MARK} the record came from uncommitted code (not reproducible from a revision)."
+
+
+def marks_note(text: str) -> str:
+    """The notes a table needs: the seeds note always, the marks' notes where they appear."""
+    notes = [SEEDS_NOTE]
+    if CHOSEN_MARK in text:
+        notes.append(CHOSEN_NOTE)
+    if DIRTY_MARK in text:
+        notes.append(DIRTY_NOTE)
+    return " ".join(notes) + "\n"
+RUNTIME_NOTE = ("Runtime: fit + predict of the row's own run(s), cold (no stage served by a cache) "
+                "where one was; \"mean of N\" over seeds; \"warm\" names the stages a cache "
+                "served.\n")
+
+
+def rank_note(page: Page) -> str:
+    how = page.table.ranked
+    if not how:
+        return ""
+    return (f"Rank intervals: every pair of rows on the same test items is compared, here with {how} "
+            "(McNemar's exact test for two single accuracy runs on one test set; otherwise a bootstrap "
+            "of the paired difference, each test set resampled by the metric's own rule, with a normal "
+            "approximation). The p-values are Holm-adjusted over all pairs; a row's interval runs from "
+            "1 + the rows significantly better than it to n - the rows significantly worse (95%). Rows "
+            "whose intervals overlap cannot be told apart.\n")
 
 
 # ---------------------------------------------------------------- shared sections
-def section_best(page: Page) -> str:
-    task = page.task
-    best = page.best_by_label()
-    head = ["method", "family"] + ([task.primary] if task.primary != "accuracy" else [])
-    head += ["accuracy [95% CI]", "balanced acc.", "macro-F1", "test n", "fit", "predict/img",
-             "device", "budget"]
-    rows = []
-    for _label, r in sorted(best.items(), key=lambda kv: -page.value(kv[1])):
-        t = page.timed(r)
-        row = [marked(r), r.family] + ([fmt(r.metric(task.primary))] if task.primary != "accuracy" else [])
-        row += [fmt_ci(r), fmt(r.metric("balanced_accuracy")), fmt(r.metric("macro_f1")),
-                str(r.test_n), fmt_seconds(t.fit_seconds), f"{t.per_image_ms:.2f} ms",
-                r.device_name, fmt_budget(r)]
-        rows.append(row)
-    out = ["## Best run of each method\n", md_table(head, rows)]
-    if any(r.sweep for r in best.values()):
-        out.append(SWEEP_NOTE)
-    out.append(TIMED_NOTE)
-    return "\n".join(out)
+def section_summary(page: Page) -> str:
+    """The answer first: the headline of each family, then every row with its rank."""
+    task, table = page.task, page.table
+    metrics = [task.primary] + (["accuracy"] if task.primary != "accuracy" else [])
+    head = ["family", "method", *(f"{m} [95% CI]" for m in metrics), "rank", "chosen by",
+            "test n", "trained on", "runtime", "device", "budget"]
+    body = []
+    for row, n, how in table.headlines:
+        body.append([row.family, row_label(row, how), *(fmt_row_metric(row, m) for m in metrics),
+                     f"{fmt_rank(row)} of {row.rank_of}" if row.rank else "–",
+                     headline_choice(row, n, how), str(row.test_n), str(row.train_n),
+                     fmt_runtime(row), row.first.device_name, fmt_budget(row.first)])
+    cell = table.default_cell
+    cell_text = ("Headlines are taken from the task's default cell ("
+                 + "; ".join(f"{k} = {' or '.join(repr(v) if v else 'absent' for v in vals)}"
+                             for k, vals in cell.items())
+                 + "); the other cells are below.\n") if cell else ""
+    out = ["## Best of each family\n",
+           "Each family's headline is its configuration with the best validation score (scored "
+           "on data carved from the training split, never the test split).\n", cell_text,
+           md_table(head, body)]
+    head = ["method", "family", *(f"{m} [95% CI]" for m in metrics), "rank", "balanced acc.",
+            "macro-F1", "seeds", "chosen by", "runtime", "predict/img", "budget"]
+    body = []
+    for r in table.rows:
+        body.append([row_label(r), r.family, *(fmt_row_metric(r, m) for m in metrics),
+                     f"{fmt_rank(r)} of {r.rank_of}" if r.rank else "–",
+                     fmt(r.mean("balanced_accuracy")), fmt(r.mean("macro_f1")),
+                     ", ".join(map(str, r.seeds)), chosen_by(r), fmt_runtime(r),
+                     f"{r.first.per_image_ms:.2f} ms", fmt_budget(r.first)])
+    out += ["## Every method\n", md_table(head, body)]
+    out += [marks_note("\n".join(out)), rank_note(page), RUNTIME_NOTE]
+    return "\n".join(x for x in out if x)
 
 
-def section_stages(page: Page) -> str:
-    rows = []
-    for label, r in sorted(page.best_by_label().items()):
-        t = page.timed(r).timings
-        stages = {k: v for k, v in t.items()
-                  if k.endswith("_s") and k not in ("fit_s", "predict_s", "total_s") and isinstance(v, (int, float))}
-        if stages:
-            rows.append([label, ", ".join(f"{k.removesuffix('_s')} {fmt_seconds(v)}" for k, v in sorted(stages.items()))])
-    if not rows:
+def headline_choice(row: Row, n: int, how: str) -> str:
+    if how == "single":
+        return "the family's only row"
+    if how == "validation":
+        score, source = row.validation
+        return f"validation, of {n} ({source}: {score:.3f})"
+    return f"test split, of {n} {CHOSEN_MARK}"
+
+
+def section_picture(page: Page) -> str:
+    path, link = page.figure_path(f"{page.task.name}-score-vs-runtime.png")
+    if not cost_figure(page.table.rows, page.primary, path, f"{page.task.name}: {page.primary} against runtime"):
         return ""
-    return ("### Runtime per stage (the run of each method that computed its features)\n\n"
-            + md_table(["method", "stages"], rows))
+    return (f"![{page.primary} against runtime]({link})\n\nEach point is one row of the table above "
+            "(mean over seeds), with its 95% interval; runtime (the row's own cold run where there is "
+            "one) on a log scale.\n")
 
 
 def section_confusion(page: Page) -> str:
-    out = ["## Confusion matrices (best run of each method)\n"]
-    classes = page.records[0].class_names
-    for label, r in sorted(page.best_by_label().items()):
-        path, link = page.figure_path(f"{slug(label)}-{r.key[:8]}-confusion.png")
-        confusion_png(r, classes, path, f"{page.task.name}: {label} ({page.primary} {fmt(page.value(r))})")
-        out.append(f"**{label}** — {one_line(r)}\n\n![confusion {label}]({link})\n")
+    """The confusion matrix of every row's shown configuration: its first seed, said so."""
+    out = ["## Confusion matrices (each row's configuration, its first seed)\n"]
+    classes = list(page.classes)
+    for row in page.shown_rows():
+        r = row.first
+        name = row_name(row)
+        path, link = page.figure_path(f"{slug(name)}-{r.key[:8]}-confusion.png")
+        confusion_png(np.asarray(r.metrics["confusion"]), classes, path,
+                      f"{page.task.name}: {name}, seed {r.seed} ({page.primary} {fmt(page.value(r))})")
+        out.append(f"**{name}** — seed {r.seed}{seed_note(row)}; {one_config_line(row)}\n\n"
+                   f"![confusion {name}]({link})\n")
     return "\n".join(out)
+
+
+def one_config_line(row: Row) -> str:
+    """Method name, the parameters that differ from its defaults, budget."""
+    r = row.first
+    defaults = r.defaults
+    names = [k for k, v in row.params.items() if k not in defaults or defaults[k] != v]
+    return f"`{r.method}` " + (param_str(r, names) or "defaults") + f"; {fmt_budget(r)}"
+
+
+def section_per_class(page: Page) -> str:
+    """Per-class recall of every row's first-seed run, in the task's class order."""
+    classes = list(page.classes)
+    if len(classes) > 20:
+        return ""
+    rows = []
+    for row in page.shown_rows():
+        per = row.first.metrics.get("per_class") or {}
+        rows.append([row_name(row), str(row.first.seed)]
+                    + [fmt((per.get(c) or {}).get("recall"), 3) for c in classes])
+    return ("## Per-class recall (each row's configuration, its first seed)\n\n"
+            + md_table(["method", "seed", *classes], rows))
 
 
 def section_curves(page: Page) -> str:
     out = []
-    for label, r in sorted(page.best_by_label().items()):
+    for row in page.shown_rows():
+        r = row.first
         if not r.curves.get("epoch"):
             continue
-        path, link = page.figure_path(f"{slug(label)}-{r.key[:8]}-curves.png")
-        if curves_png(r, path, f"{page.task.name}: {label} learning curves"):
-            out.append(f"**{label}** ({fmt_budget(r)})\n\n![curves {label}]({link})\n")
+        name = row_name(row)
+        path, link = page.figure_path(f"{slug(name)}-{r.key[:8]}-curves.png")
+        if curves_png(r, path, f"{page.task.name}: {name} learning curves (seed {r.seed})"):
+            out.append(f"**{name}** (seed {r.seed}{seed_note(row)}; {fmt_budget(r)})\n\n![curves {name}]({link})\n")
     return ("## Learning curves (deep runs)\n\n" + "\n".join(out)) if out else ""
+
+
+def section_stages(page: Page) -> str:
+    rows = []
+    for row in page.shown_rows():
+        t = row.first.timings
+        stages = {k: v for k, v in t.items()
+                  if k.endswith("_s") and k not in ("fit_s", "predict_s", "total_s") and isinstance(v, (int, float))}
+        if stages:
+            hits = row.first.cache_hits
+            cached = "not recorded" if hits is None else (", ".join(hits) or "none (cold)")
+            rows.append([row_name(row), f"{row.first.seed}",
+                         ", ".join(f"{k.removesuffix('_s')} {fmt_seconds(v)}" for k, v in sorted(stages.items())),
+                         cached])
+    if not rows:
+        return ""
+    return ("### Runtime per stage (each row's own first-seed run)\n\n"
+            + md_table(["method", "seed", "stages", "served by a cache"], rows))
 
 
 def sweep_tables(records: list[RunRecord], metric: str) -> str:
@@ -322,7 +320,7 @@ def sweep_tables(records: list[RunRecord], metric: str) -> str:
         out.append(f"#### {label}: {metric} over {' × '.join(swept)}{seed_note}\n")
         if len(swept) == 1:
             (k,) = swept
-            recs = sorted(recs, key=lambda r: _sort_key(values_of(r).get(k)))
+            recs = sorted(recs, key=lambda r: sort_key(values_of(r).get(k)))
             out.append(md_table([k] + [str(values_of(r).get(k)) for r in recs],
                                 [[metric] + [fmt(r.metric(metric)) for r in recs]]))
         else:
@@ -330,11 +328,11 @@ def sweep_tables(records: list[RunRecord], metric: str) -> str:
             groups: dict[tuple, list[RunRecord]] = defaultdict(list)
             for r in recs:
                 groups[tuple(values_of(r).get(k) for k in rest)].append(r)
-            for fixed, grecs in sorted(groups.items(), key=lambda kv: [_sort_key(x) for x in kv[0]]):
+            for fixed, grecs in sorted(groups.items(), key=lambda kv: [sort_key(x) for x in kv[0]]):
                 if rest:
                     out.append("_" + ", ".join(f"{k}={v}" for k, v in zip(rest, fixed)) + "_\n\n")
-                cols = sorted({values_of(r).get(col_key) for r in grecs}, key=_sort_key)
-                rows = sorted({values_of(r).get(row_key) for r in grecs}, key=_sort_key)
+                cols = sorted({values_of(r).get(col_key) for r in grecs}, key=sort_key)
+                rows = sorted({values_of(r).get(row_key) for r in grecs}, key=sort_key)
                 cell = {(values_of(r).get(row_key), values_of(r).get(col_key)): r for r in grecs}
                 table = [[f"{row_key}={rv}"] + [fmt(cell[(rv, cv)].metric(metric)) if (rv, cv) in cell else "–"
                                                  for cv in cols] for rv in rows]
@@ -343,13 +341,46 @@ def sweep_tables(records: list[RunRecord], metric: str) -> str:
     return "\n".join(out)
 
 
+def validation_tables(page: Page) -> str:
+    """For every row its block chose on validation (select = "validation"): the validation
+    score of every point, the chosen one in bold (only it ran on the test split)."""
+    out = []
+    for row in page.shown_rows():
+        sel = row.first.info.get("selection") or {}
+        points = sel.get("points") or []
+        if len(points) < 2:
+            continue
+        keys = sorted({k for p in points for k, v in p["params"].items()
+                       if len({json_key(q["params"].get(k)) for q in points}) > 1})
+        body = []
+        for p in points:
+            chosen = json_key(p["params"]) == sel.get("chosen_params")
+            cells = [str(p["params"].get(k)) for k in keys] + [fmt(p["mean"])]
+            body.append([f"**{c}**" if chosen else c for c in cells])
+        out.append(f"#### {row_name(row)}: validation {sel.get('metric')} ({sel.get('carve')})\n")
+        out.append(md_table([*keys, f"validation {sel.get('metric')}"], body))
+    return "\n".join(out)
+
+
+def json_key(x: Any) -> str:
+    import json
+
+    return json.dumps(x, sort_keys=True, default=str)
+
+
 def section_sweeps(page: Page) -> str:
     sweeps = sweep_tables(page.records, page.primary)
-    if not sweeps.strip():
-        return ""
-    return ("## Sweeps\n\nEach table is one suite block; values are test-split results of every "
-            "point of the sweep (a sweep over the test split is a sweep, not a model selection).\n\n"
-            + sweeps)
+    chosen = validation_tables(page)
+    out = []
+    if chosen.strip():
+        out.append("### Chosen on validation\n\nEach table is one block whose point was chosen on "
+                   "the validation carve of train before the test (bold: the chosen point, the only "
+                   "one scored on the test split).\n\n" + chosen)
+    if sweeps.strip():
+        out.append("### Scored on the test split\n\nEach table is one suite block; values are "
+                   "test-split results of every point of the sweep (the study's own grids: a sweep "
+                   "over the test split is a table, not a model selection).\n\n" + sweeps)
+    return ("## Sweeps\n\n" + "\n".join(out)) if out else ""
 
 
 def section_all_runs(page: Page, records: list[RunRecord] | None = None) -> str:
@@ -392,89 +423,6 @@ def load_note(records: list[RunRecord]) -> str:
             "runtimes are inflated; compare speed with the benchmarks (`make bench`) instead.\n")
 
 
-SECTIONS: dict[str, Callable[[Page], str]] = {
-    "best": section_best,
-    "stages": section_stages,
-    "confusion": section_confusion,
-    "curves": section_curves,
-    "sweeps": section_sweeps,
-    "all_runs": section_all_runs,
-    "quick": section_quick,
-}
-DEFAULT_SECTIONS = ("best", "stages", "confusion", "curves", "sweeps", "all_runs", "quick")
-
-
-# ---------------------------------------------------------------- comparisons of variants
-# A task's `[report.comparison]` table names what a comparison varies (parameters and
-# conditions, e.g. composition and mitigation), the reference and contrast variants, the
-# group key the bootstrap stratifies by, and pretty names for variant values. Runs that
-# differ only in those (and the seed) form one comparison family.
-N_BOOT = 2000
-
-
-def comparison_config(page: Page) -> dict[str, Any]:
-    return dict(page.task.comparison or {})
-
-
-def variant_name(page: Page, rec: RunRecord) -> str:
-    """'biased', 'biased + class-balanced loss', 'all 7000 (no composition)', ..."""
-    cfg = comparison_config(page)
-    names = cfg.get("names", {})
-    values = values_of(rec)
-    vary = list(cfg.get("vary", ()))
-    head, rest = vary[:1], vary[1:]
-    parts = []
-    for k in head:
-        v = values.get(k)
-        parts.append(str(names.get(f"{k}={v}", v)) if v is not None
-                     else f"all {rec.train_n} (no {k})")
-    for k in rest:
-        v = values.get(k)
-        if v:
-            parts.append(str(names.get(f"{k}={v}", f"{k}={v}")))
-    return " + ".join(parts) or rec.label
-
-
-def variant_rank(page: Page, rec: RunRecord) -> tuple:
-    cfg = comparison_config(page)
-    order = {v: i for i, v in enumerate(cfg.get("order", ()))}
-    vary = list(cfg.get("vary", ()))
-    values = values_of(rec)
-    first = values.get(vary[0]) if vary else None
-    return ((order.get(first, len(order)) if first is not None else len(order) + 1),
-            tuple(str(values.get(k) or "") for k in vary[1:]), str(first))
-
-
-def comparison_families(page: Page) -> dict[tuple, list[RunRecord]]:
-    vary = set(comparison_config(page).get("vary", ()))
-    fams: dict[tuple, list[RunRecord]] = defaultdict(list)
-    for r in page.records:
-        fixed = tuple(sorted((k, repr(v)) for k, v in values_of(r).items()
-                             if k not in vary and k not in HIDDEN_PARAMS and k != "budget_clock"))
-        fams[(r.method, r.test_fingerprint, r.train_n, fixed)].append(r)
-    return fams
-
-
-TITLE_PARAMS = ("model", "width", "image_size", "epochs", "size", "k", "metric", "vocab_size",
-                "max_side", "step")
-
-
-def family_title(page: Page, recs: list[RunRecord]) -> str:
-    """Method plus its defining parameters (and any other that differs between families)."""
-    vary = set(comparison_config(page).get("vary", ())) | set(HIDDEN_PARAMS) | {"budget_clock"}
-    r = recs[0]
-    same_method = [x for x in page.records if x.method == r.method]
-    varying = {k for x in same_method for k, v in x.params.items()
-               if k not in vary and repr(v) != repr(r.params.get(k))}
-    names = [k for k in TITLE_PARAMS if k in r.params] + sorted(varying - set(TITLE_PARAMS))
-    shown = ", ".join(f"{k}={r.params.get(k)}" for k in names)
-    return f"`{r.method}`" + (f" ({shown}, N={r.train_n})" if shown else f" (N={r.train_n})")
-
-
-def _family_order(page: Page, fams) -> list[tuple]:
-    return sorted(fams, key=lambda k: (k[0], k[2], str(k[3])))
-
-
 def section_groups(page: Page) -> str:
     """Max, min, mean, std and gap of accuracy across the groups of every groups:* metric."""
     specs = [m.removeprefix("groups:") for m in page.task.metrics if m.startswith("groups:")]
@@ -495,65 +443,6 @@ def section_groups(page: Page) -> str:
             f"test accuracy across the groups of {what}.\n\n" + md_table(head, rows))
 
 
-def _fmt_diff(d: float, samples: np.ndarray) -> str:
-    lo, hi = np.quantile(samples, [0.025, 0.975])
-    text = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-    return f"**{text}**" if lo > 0 or hi < 0 else text
-
-
-def _same_truth(recs: list[RunRecord]) -> np.ndarray | None:
-    y = np.asarray(recs[0].y_true())
-    for r in recs[1:]:
-        other = np.asarray(r.y_true())
-        if other.shape != y.shape or (other != y).any():
-            return None
-    return y
-
-
-def _groups_of(recs: list[RunRecord], key: str) -> list[str] | None:
-    """Per-item test groups `key` from the first record that stored them."""
-    return next((g for g in (r.test_groups(key) for r in recs) if g is not None), None)
-
-
-def paired_quantities(page: Page, recs: list[RunRecord]) -> list[tuple[str, np.ndarray, np.ndarray]] | None:
-    """[(quantity, observed (R,), bootstrap (R, B))] for R runs on the same test items:
-    overall and per-group accuracy, worst group, gap and std, stratified by the
-    comparison's group key (and its cells, e.g. race × gender, where recorded)."""
-    from .metrics import group_bootstrap, group_statistics
-
-    cfg = comparison_config(page)
-    y_true = _same_truth(recs)
-    if y_true is None:
-        return None
-    correct = np.stack([np.asarray(r.y_pred()) == y_true for r in recs])
-    key = cfg.get("strata", "label")
-    names = recs[0].class_names
-    if key == "label":
-        strata = np.asarray(names, dtype=object)[y_true].astype(str)
-    elif _groups_of(recs, key) is not None:
-        strata = np.asarray(_groups_of(recs, key))
-    else:
-        return None
-    boot, point = group_bootstrap(correct, strata, n_boot=N_BOOT, seed=0), group_statistics(correct, strata)
-    what = cfg.get("strata_name", key)
-    quantities = [(f"{what} accuracy (overall)", point, boot, "overall", None)]
-    where = {g: j for j, g in enumerate(point["groups"])}
-    quantities += [(f"accuracy: {g}", point, boot, "per_group", where[g]) for g in names if g in where]
-    quantities += [(f"worst {what}", point, boot, "min", None), (f"{what} gap (max − min)", point, boot, "gap", None),
-                   (f"{what} std", point, boot, "std", None)]
-    cells = cfg.get("cells")
-    other = _groups_of(recs, cells[1]) if cells else None
-    if other is not None and len(other) == len(y_true):
-        combo = np.char.add(np.char.add(strata.astype(str), " / "), np.asarray(other).astype(str))
-        cb, cp = group_bootstrap(correct, combo, n_boot=N_BOOT, seed=0), group_statistics(correct, combo)
-        quantities += [(f"worst {what} × {cells[1]}", cp, cb, "min", None),
-                       (f"{what} × {cells[1]} gap", cp, cb, "gap", None)]
-    out = []
-    for name, pt, bt, k, j in quantities:
-        out.append((name, pt[k] if j is None else pt[k][:, j], bt[k] if j is None else bt[k][:, j, :]))
-    return out
-
-
 def section_paired(page: Page) -> str:
     """Reference vs contrast (and every other variant against both), per family and seed,
     with paired bootstrap intervals of the differences."""
@@ -563,7 +452,7 @@ def section_paired(page: Page) -> str:
         return ""
     fams = comparison_families(page)
     out = []
-    for fk in _family_order(page, fams):
+    for fk in family_order(fams):
         by_seed: dict[int, list[RunRecord]] = defaultdict(list)
         for r in fams[fk]:
             by_seed[r.seed].append(r)
@@ -616,7 +505,7 @@ def section_seeds(page: Page) -> str:
 
     fams = comparison_families(page)
     rows = []
-    for fk in _family_order(page, fams):
+    for fk in family_order(fams):
         by_variant: dict[str, list[RunRecord]] = defaultdict(list)
         for r in fams[fk]:
             by_variant[variant_name(page, r)].append(r)
@@ -642,291 +531,40 @@ def section_seeds(page: Page) -> str:
          f"acc. − {ref} (same seed)", f"gap − {ref} (same seed)"], rows)
 
 
-SECTIONS.update({"groups": section_groups, "paired": section_paired, "seeds": section_seeds})
-
-
-# ---------------------------------------------------------------- rows: configurations over seeds
-CHOSEN_MARK = SWEEP_MARK  # a choice made on the test split (best of a sweep, of seeds, of epochs, ...)
-DIRTY_MARK = "‡"  # the record came from uncommitted code
-
-
-def config_id(rec: RunRecord) -> str:
-    """What a configuration is: method, parameters and conditions, without the seed."""
-    import json
-
-    params = {k: v for k, v in rec.params.items() if k not in HIDDEN_PARAMS}
-    return json.dumps([rec.method, params, rec.conditions], sort_keys=True, default=str)
-
-
-@dataclass
-class Row:
-    """One configuration of one suite label on one data variant, over its seeds."""
-
-    label: str
-    variant: str
-    records: list[RunRecord]  # one per seed, by seed
-    candidates: int = 1  # configurations this row was chosen from
-    chosen_by: str = "only configuration"  # or "validation", "test split"
-
-    @property
-    def best(self) -> RunRecord:
-        return self.records[0]
-
-    @property
-    def seeds(self) -> list[int]:
-        return [r.seed for r in self.records]
-
-    @property
-    def family(self) -> str:
-        return self.best.family
-
-    @property
-    def test_selected(self) -> bool:
-        return self.candidates > 1 and self.chosen_by == "test split"
-
-    def values(self, metric: str) -> np.ndarray:
-        return np.array([v for v in (r.metric(metric) for r in self.records) if v is not None])
-
-    def mean(self, metric: str) -> float | None:
-        v = self.values(metric)
-        return float(v.mean()) if len(v) else None
-
-    def run_seconds(self, page: Page) -> float:
-        return float(np.mean([page.timed(r).run_seconds for r in self.records]))
-
-
-def validation_score(rec: RunRecord, metric: str) -> float | None:
-    """What the run scored on a validation split carved from its training data, if any."""
-    val = rec.info.get("validation") or {}
-    if isinstance(val.get("score"), (int, float)):
-        return float(val["score"])
-    vm = rec.info.get("val_metrics") or {}
-    key = "qwk" if metric == "qwk" else "accuracy"
-    if isinstance(vm.get(key), (int, float)):
-        return float(vm[key])
-    curve = [v for v in (rec.curves.get("val_acc") or []) if v is not None]
-    return float(curve[-1]) if curve and metric == "accuracy" else None
-
-
-def label_rows(page: Page, records: list[RunRecord] | None = None) -> list[Row]:
-    """For each (label, data variant): its configurations over seeds; the one shown is chosen
-    on validation when every configuration has a validation score under the same conditions,
-    else by its mean test score (and then marked when there was a choice)."""
-    records = page.records if records is None else records
-    by_label: dict[tuple[str, str], dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_label[(r.label, r.variant)][config_id(r)].append(r)
-    rows = []
-    for (label, variant), configs in by_label.items():
-        cands = [Row(label, variant, sorted(recs, key=lambda r: r.seed)) for recs in configs.values()]
-        chosen_by = "only configuration"
-        if len(cands) > 1:
-            vals = [[validation_score(r, page.primary) for r in c.records] for c in cands]
-            same_conditions = len({json_dump(c.best.conditions) for c in cands}) == 1
-            if same_conditions and all(v is not None for vs in vals for v in vs):
-                pick = max(range(len(cands)), key=lambda i: float(np.mean(vals[i])))
-                chosen_by = "validation"
-            else:
-                pick = max(range(len(cands)), key=lambda i: _mean_or_inf(cands[i], page))
-                chosen_by = "test split"
-            row = cands[pick]
-        else:
-            row = cands[0]
-        row.candidates, row.chosen_by = len(cands), chosen_by
-        rows.append(row)
-    return sorted(rows, key=lambda r: (-_mean_or_inf(r, page), r.label, r.variant))
-
-
-def json_dump(x: Any) -> str:
-    import json
-
-    return json.dumps(x, sort_keys=True, default=str)
-
-
-def _mean_or_inf(row: Row, page: Page) -> float:
-    m = row.mean(page.primary)
-    if m is None:
-        m = row.mean("accuracy")
-    return m if m is not None else float("-inf")
-
-
-def pooled_interval(records: list[RunRecord], metric: str, n_boot: int = 1000, seed: int = 0
-                    ) -> tuple[float, float] | None:
-    """95% interval of the seed-mean of `metric` over bootstrap resamples of the test items
-    (the same resample for every seed; whole patients for qwk): test-set sampling only."""
-    from .metrics import quadratic_weighted_kappa_fast, resample_indices
-
-    if len(records) == 1:
-        return records[0].interval(metric)
-    y = np.asarray(records[0].y_true())
-    if not len(y) or any(np.asarray(r.y_true()).shape != y.shape or (np.asarray(r.y_true()) != y).any()
-                         for r in records):
-        return None
-    preds = np.stack([np.asarray(r.y_pred()) for r in records])
-    groups = records[0].test_groups("patient") if metric == "qwk" else None
-    draws = resample_indices(len(y), n_boot, seed, groups)
-    if metric == "accuracy":
-        per_item = (preds == y).mean(0)
-        samples = [per_item[i].mean() for i in draws]
-    elif metric == "map5":
-        tops = [r.top_classes() for r in records]
-        if any(t is None for t in tops):
-            return None
-        rr = []
-        for t in tops:
-            t = np.asarray(t)
-            hit = t == y[:, None]
-            rank = np.where(hit.any(1), hit.argmax(1) + 1, 0)
-            rr.append(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0))
-        per_item = np.mean(rr, axis=0)
-        samples = [per_item[i].mean() for i in draws]
-    elif metric == "qwk":
-        k = len(records[0].class_names)
-        samples = [np.mean([quadratic_weighted_kappa_fast(y[i], p[i], k) for p in preds]) for i in draws]
-    else:
-        return None
+def _fmt_diff(d: float, samples: np.ndarray) -> str:
     lo, hi = np.quantile(samples, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
-def fmt_row_metric(row: Row, metric: str, digits: int = 4) -> str:
-    """'0.4071 [0.382, 0.434]' for one seed; '0.4012 ± 0.0061 (3 seeds) [0.385, 0.417]'."""
-    mean = row.mean(metric)
-    if mean is None:
-        return "–"
-    ci = pooled_interval(row.records, metric)
-    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-    if len(row.records) == 1:
-        return f"{mean:.{digits}f}{ci_text}"
-    sd = float(row.values(metric).std(ddof=1))
-    return f"{mean:.{digits}f} ± {sd:.{digits}f} ({len(row.records)} seeds){ci_text}"
-
-
-def row_label(row: Row, headline_choice: bool = False) -> str:
-    marks = ""
-    if row.test_selected or headline_choice:
-        marks += f" {CHOSEN_MARK}"
-    if any(r.dirty for r in row.records):
-        marks += f" {DIRTY_MARK}"
-    return row.label + marks
-
-
-ROW_NOTE = (f"{CHOSEN_MARK} chosen on the test split: the best of several configurations (sweep "
-            "points, epochs, compositions, or methods of a family) by their test score, so the "
-            "number is optimistic; the sweep tables show every point. A configuration with several "
-            "seeds shows their mean ± sd and the number of seeds; its interval is the bootstrap of "
-            "the seed-mean over test items. "
-            f"{DIRTY_MARK} the record came from uncommitted code (not reproducible from a revision).\n")
-
-
-def section_summary(page: Page) -> str:
-    """The answer first: the best configuration of each family, then every method's row."""
-    task = page.task
-    rows = label_rows(page)
-    metrics = [task.primary] + (["accuracy"] if task.primary != "accuracy" else [])
-    fam_rows: dict[tuple[str, str], list[Row]] = defaultdict(list)
-    for r in rows:
-        fam_rows[(r.family, r.variant)].append(r)
-    head = ["family", "method", *(f"{m} [95% CI]" for m in metrics), "test n", "runtime", "device", "budget", "data"]
-    table = []
-    for (fam, variant), rs in sorted(fam_rows.items(), key=lambda kv: (_family_rank(kv[0][0]), kv[0][1])):
-        best = rs[0]
-        table.append([fam, row_label(best, headline_choice=len(rs) > 1),
-                      *(fmt_row_metric(best, m) for m in metrics), str(best.best.test_n),
-                      fmt_seconds(best.run_seconds(page)), best.best.device_name, fmt_budget(best.best),
-                      _variant_note(page, variant)])
-    out = ["## Best of each family\n", md_table(head, table)]
-    head = ["method", "family", *(f"{m} [95% CI]" for m in metrics), "balanced acc.", "macro-F1",
-            "seeds", "chosen by", "fit", "predict/img", "budget"]
-    table = []
-    for r in rows:
-        t = page.timed(r.best)
-        table.append([row_label(r), r.family, *(fmt_row_metric(r, m) for m in metrics),
-                      fmt(r.mean("balanced_accuracy")), fmt(r.mean("macro_f1")),
-                      ", ".join(map(str, r.seeds)),
-                      r.chosen_by + (f" (of {r.candidates})" if r.candidates > 1 else ""),
-                      fmt_seconds(t.fit_seconds), f"{t.per_image_ms:.2f} ms", fmt_budget(r.best)])
-    out += ["## Every method\n", md_table(head, table), ROW_NOTE, TIMED_NOTE]
-    return "\n".join(out)
-
-
-def _family_rank(fam: str) -> int:
-    order = ("classical", "deep", "pretrained", "baseline")
-    return order.index(fam) if fam in order else len(order)
-
-
-def _variant_note(page: Page, variant: str) -> str:
-    variants = {r.variant for r in page.records}
-    if "GENERATED FIXTURE" in variant:
-        return "generated fixture"
-    return "" if len(variants) == 1 else variant[:60]
-
-
-def cost_figure(page: Page, rows: list[Row], path: Path, title: str) -> bool:
-    """The primary metric (with its interval) against runtime (log scale), one point per
-    method's shown configuration, coloured by family."""
-    pts = [(r, r.mean(page.primary), pooled_interval(r.records, page.primary), r.run_seconds(page))
-           for r in rows]
-    pts = [p for p in pts if p[1] is not None and p[3] > 0]
-    if not pts:
-        return False
-    plt = figure_setup()
-    colours = {"classical": "tab:blue", "deep": "tab:orange", "pretrained": "tab:green", "baseline": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    seen = set()
-    for r, y, ci, x in sorted(pts, key=lambda p: p[3]):
-        fam = r.family
-        err = None if ci is None else [[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]]
-        ax.errorbar([x], [y], yerr=err, fmt="o", color=colours.get(fam, "black"), capsize=2, ms=4,
-                    label=None if fam in seen else fam)
-        seen.add(fam)
-        ax.annotate(r.label[:28], (x, y), fontsize=5, xytext=(3, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("runtime of the run (fit + predict), seconds, log scale")
-    ax.set_ylabel(page.primary)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    ax.set_title(title, fontsize=8)
-    save_png(fig, path)
-    plt.close(fig)
-    return True
-
-
-def section_picture(page: Page) -> str:
-    rows = label_rows(page)
-    path, link = page.figure_path(f"{page.task.name}-score-vs-runtime.png")
-    if not cost_figure(page, rows, path, f"{page.task.name}: {page.primary} against runtime"):
-        return ""
-    return (f"![{page.primary} against runtime]({link})\n\nEach point is one method's configuration "
-            "as in the table above (mean over seeds), with its 95% interval; runtime on a log scale.\n")
-
-
-def details(title: str, text: str) -> str:
-    """A collapsed block: the detail below the answer."""
-    if not text.strip():
-        return ""
-    return f"<details><summary>{title}</summary>\n\n{text.strip()}\n\n</details>\n"
+    text = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return f"**{text}**" if lo > 0 or hi < 0 else text
 
 
 def _collapsed(name: str, title: str):
-    inner = SECTIONS[name]
-
     def section(page: Page) -> str:
-        return details(title, inner(page))
+        return details(title, SECTIONS[name](page))
 
     section.__doc__ = f"{title} (collapsed)"
     return section
 
 
-SECTIONS.update({
+SECTIONS = {
     "summary": section_summary,
     "picture": section_picture,
+    "confusion": section_confusion,
+    "per_class": section_per_class,
+    "curves": section_curves,
+    "stages": section_stages,
+    "sweeps": section_sweeps,
+    "all_runs": section_all_runs,
+    "quick": section_quick,
+    "groups": section_groups,
+    "paired": section_paired,
+    "seeds": section_seeds,
     "sweeps_details": _collapsed("sweeps", "Sweeps: every point of every swept block"),
     "confusion_details": _collapsed("confusion", "Confusion matrices"),
+    "per_class_details": _collapsed("per_class", "Per-class recall"),
     "curves_details": _collapsed("curves", "Learning curves"),
     "stages_details": _collapsed("stages", "Runtime per stage"),
     "all_runs_details": _collapsed("all_runs", "All runs"),
     "groups_details": _collapsed("groups", "Disparity across groups, run by run"),
-})
-DEFAULT_SECTIONS = ("summary", "picture", "sweeps_details", "confusion_details", "curves_details",
-                    "stages_details", "all_runs_details", "quick")
+}
+DEFAULT_SECTIONS = ("summary", "picture", "sweeps_details", "confusion_details", "per_class_details",
+                    "curves_details", "stages_details", "all_runs_details", "quick")

@@ -53,7 +53,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "quick": (bool,), "data": (dict,), "metrics": (dict,), "predictions": (dict,),
     "timings": (dict,), "info": (dict,), "budget": (dict,), "device": (dict,),
     "versions": (dict,), "git": (str,), "started": (str,), "method_facts": (dict,),
-    "schema": (int,),
+    "command": (list,), "schema": (int,),
 }
 REQUIRED = ("key", "task", "method", "params", "seed", "label", "data", "metrics", "timings")
 
@@ -88,6 +88,7 @@ class RunRecord:
     git: str = ""
     started: str = ""
     method_facts: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)  # the command line that asked for the run
     schema: int = SCHEMA
 
     # ---------------------------------------------------------------- (de)serialisation
@@ -155,8 +156,22 @@ class RunRecord:
         return str(self.data["test"].get("fingerprint", ""))
 
     @property
-    def class_names(self) -> list[str]:
-        return list((self.data["test"].get("class_counts") or {}).keys())
+    def class_names(self) -> list[str] | None:
+        """The classes in the task's order, as the run stored them (records before schema 3
+        did not: their class_counts keys are sorted, so the task's order comes from the task;
+        cvbench.aggregate.task_classes)."""
+        stored = self.data.get("classes")
+        return list(stored) if stored else None
+
+    @property
+    def cache_hits(self) -> tuple[str, ...] | None:
+        """The stages (of fit or predict) a cache served, () for a cold run, None when the
+        run did not record its cache use."""
+        usage = self.info.get("cache")
+        if not isinstance(usage, dict):
+            return None
+        return tuple(sorted({stage for side in usage.values() if isinstance(side, dict)
+                             for stage, c in side.items() if isinstance(c, dict) and c.get("hits")}))
 
     @property
     def fit_seconds(self) -> float:

@@ -6,6 +6,8 @@ method: the plan did that once per run.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -15,15 +17,27 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import env
+from . import cache, env
 from .conditions import apply_test, apply_train, split_conditions
 from .derived import with_augmented_copy
 from .errors import UserError
 from .methods import Method, Scores, full_params, method_facts
-from .plan import FitGroup, Plan, PlannedRun, RunOptions, RunSpec, plan_runs, split_seed
+from .plan import (
+    FitGroup,
+    Plan,
+    PlannedRun,
+    RunOptions,
+    RunSpec,
+    plan_runs,
+    split_seed,
+    training_split,
+    validation_carve,
+)
 from .results import RunRecord, append_record
 from .split import Split
 from .tasks import Task, get_task
+
+DEFAULT_FRACTION = 0.2  # the validation carve of `cvbench tune` and of select = "validation"
 
 SCORE_CLASSES_IN_FULL = 10  # up to this many classes a record keeps every score; else the top 5
 
@@ -85,7 +99,7 @@ def _point(record: RunRecord) -> str:
     return f"[{swept}]" if swept else ""
 
 
-def training_split(task: Task, group: FitGroup) -> tuple[Split, dict[str, Any] | None]:
+def fit_split(task: Task, group: FitGroup) -> tuple[Split, dict[str, Any] | None]:
     """The group's training split under its batch-stage conditions, and what the record says
     of the augmentation: a method that does not augment batches itself (the deep engine does)
     gets the split plus one augmented copy of every image."""
@@ -109,10 +123,10 @@ def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunO
     known = task.conditions
     method = group.method
     base_train, base_test = plan.data(group.seed)
-    train, augment = training_split(task, group)
+    train, augment = fit_split(task, group)
     started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     load_before = env.load_average()
-    with threadpool_limits(limits=options.blas_threads):
+    with threadpool_limits(limits=options.blas_threads), cache.usage() as fit_cache:
         t0 = time.perf_counter()
         method.fit(train)
         fit_s = time.perf_counter() - t0
@@ -121,12 +135,15 @@ def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunO
     for i, run in enumerate(runs):
         _, test_cond = split_conditions(run.spec.conditions, known)
         test = apply_test(base_test, test_cond, known, run.spec.seed)
-        with threadpool_limits(limits=options.blas_threads):
+        with threadpool_limits(limits=options.blas_threads), cache.usage() as predict_cache:
             t1 = time.perf_counter()
             out = Scores.of(method.predict_scores(test))
             predict_s = time.perf_counter() - t1
         record = _record(task, (base_train, base_test), run, method, train, test, out, fit_info,
                          fit_s, predict_s, started, load_before, options, plan.device, fit_reused=i > 0)
+        record.info["cache"] = {"fit": fit_cache.counts, "predict": predict_cache.counts}
+        if run.selection:
+            record.info["selection"] = run.selection
         if augment:
             record.data["train_augment"] = augment
         if options.save and env.is_main_process():
@@ -160,6 +177,7 @@ def _record(task: Task, base: tuple[Split, Split], run: PlannedRun, method: Meth
         info["fit_reused"] = "trained once for every test condition; fit time is the shared fit's"
     data = {
         "variant": test.meta.get("variant") or train.meta.get("variant") or task.name,
+        "classes": list(test.classes),
         "train": base[0].describe(),
         "test": base[1].describe(),
         "bad_images_skipped": int(base[0].meta.get("bad_images", 0)) + int(base[1].meta.get("bad_images", 0)),
@@ -180,7 +198,7 @@ def _record(task: Task, base: tuple[Split, Split], run: PlannedRun, method: Meth
         budget=info.get("budget") or {},
         device=env.device_info(device if uses_device else "cpu"),
         versions=env.versions(), git=env.git_revision(), started=started,
-        method_facts=method_facts(spec.method, method),
+        method_facts=method_facts(spec.method, method), command=list(options.command),
     )
 
 
@@ -236,10 +254,102 @@ def run_one(task: Task | str, spec: RunSpec, options: RunOptions | None = None,
     return run_group(plan, group, group.runs, options)[0]
 
 
+def validation_scores(task: Task, specs: list[RunSpec], fit: Split, val: Split,
+                      options: RunOptions, log=print) -> list[RunRecord]:
+    """Every spec fitted on `fit` and scored on `val`, through the planner and this runner;
+    the records are returned, never saved."""
+    options = RunOptions(**{**options.__dict__, "save": False, "force": True, "command": ()})
+    plan = plan_runs(task, specs, options, log=lambda m: None, splits=(fit, val))
+    records: list[RunRecord] = []
+    execute(plan, options, log=log, on_record=records.append)
+    return records
+
+
+def selection_id(task: Task, runs: list[PlannedRun], fraction: float) -> str:
+    """Names one validation selection: the candidates (their run keys, which name the data)
+    and the carve."""
+    blob = json.dumps([task.name, sorted(r.key for r in runs), fraction])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def select_on_validation(plan: Plan, blocks, options: RunOptions, log=print, dry_run: bool = False,
+                         fraction: float = DEFAULT_FRACTION) -> None:
+    """For every block with select = "validation": keep in `plan` only the sweep point with the
+    best mean validation score over the block's seeds (per cell of its conditions), scored on
+    the task's validation carve of each seed's training split; the chosen runs carry the
+    scores of every point (`info.selection` of their records). A selection a stored record
+    already made is reused (resume); with dry_run nothing is fitted."""
+    from collections import defaultdict
+
+    from .results import load_records
+
+    task = plan.task
+    stored: dict[str, dict] = {}
+    if not options.force:
+        for rec in load_records(task.name, options.root, warn=lambda m: None):
+            sel = rec.info.get("selection") or {}
+            if sel.get("id"):
+                stored.setdefault(sel["id"], sel)
+    for block in blocks:
+        if block.select != "validation":
+            continue
+        cells: dict[str, list[PlannedRun]] = defaultdict(list)
+        for g in plan.groups:
+            for r in g.runs:
+                if r.spec.block == block.index:
+                    cells[json.dumps(r.spec.conditions, sort_keys=True, default=str)].append(r)
+        for runs in cells.values():
+            points = sorted({json.dumps(r.spec.params, sort_keys=True, default=str) for r in runs})
+            ident = selection_id(task, runs, fraction)
+            if ident in stored:
+                chosen = stored[ident]["chosen_params"]
+                sel = stored[ident]
+            elif dry_run:
+                log(f"  select    {runs[0].spec.label}: {len(points)} point(s), chosen on validation when run")
+                continue
+            else:
+                sel = _select(plan, runs, points, options, log, fraction)
+                sel["id"] = ident
+                chosen = sel["chosen_params"]
+            keep = {id(r) for r in runs if json.dumps(r.spec.params, sort_keys=True, default=str) == chosen}
+            for g in plan.groups:
+                g.runs = [r for r in g.runs if r not in runs or id(r) in keep]
+                for r in g.runs:
+                    if id(r) in keep:
+                        r.selection = {**sel, "score": sel["scores_by_seed"][str(r.spec.seed)]}
+            plan.groups = [g for g in plan.groups if g.runs]
+
+
+def _select(plan: Plan, runs: list[PlannedRun], points: list[str], options: RunOptions, log,
+            fraction: float) -> dict[str, Any]:
+    task = plan.task
+    metric = task.primary
+    scores: dict[str, dict[int, float]] = {p: {} for p in points}
+    for seed in sorted({r.spec.seed for r in runs}):
+        specs = [r.spec for r in runs if r.spec.seed == seed]
+        fit, val = validation_carve(task, training_split(task, options, seed), fraction, seed)
+        log(f"  {specs[0].label}: choosing among {len(points)} point(s) on the validation carve "
+            f"(seed {seed}: {len(fit)} fit / {len(val)} val)")
+        for rec in validation_scores(task, specs, fit, val, options, log=log):
+            point = json.dumps({k: rec.params[k] for k in specs[0].params}, sort_keys=True, default=str)
+            value = rec.metric(metric)
+            scores[point][seed] = float(value) if value is not None else float("-inf")
+    mean = {p: float(np.mean(list(v.values()))) for p, v in scores.items()}
+    chosen = max(points, key=lambda p: (mean[p], -points.index(p)))
+    seeds = sorted({r.spec.seed for r in runs})
+    carve = (f"{round(100 * fraction)}% of train" + (f", by {task.val_group_key}" if task.val_group_key else "")
+             + f", seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
+    return {"metric": metric, "carve": carve, "fraction": fraction, "chosen_params": chosen,
+            "points": [{"params": json.loads(p), "scores": {str(s): round(v, 6) for s, v in scores[p].items()},
+                        "mean": round(mean[p], 6)} for p in points],
+            "scores_by_seed": {str(s): round(v, 6) for s, v in scores[chosen].items()}}
+
+
 def run_suite(task_name: str, options: RunOptions, only: str | None = None, path=None,
               log=print, dry_run: bool = False, on_record=None) -> SuiteReport:
-    """Plan every run of a task's suite (checked before anything runs), then execute the
-    runs that have no record yet (resume); with dry_run, list them and run nothing."""
+    """Plan every run of a task's suite (checked before anything runs), choose the points of
+    select = "validation" blocks on the validation carve, then execute the runs that have no
+    record yet (resume); with dry_run, list them and run nothing."""
     from .suite import load_suite
 
     task = get_task(task_name)
@@ -249,6 +359,7 @@ def run_suite(task_name: str, options: RunOptions, only: str | None = None, path
         names = sorted({b.method for b in suite.blocks} | {b.label for b in suite.blocks})
         raise UserError(f"suite {suite.path.name} has no run {only!r}; it has: {', '.join(names)}")
     plan = plan_runs(task, specs, options, gpu_blocks=suite.gpu_blocks, log=log)
+    select_on_validation(plan, suite.blocks, options, log=log, dry_run=dry_run)
     report = SuiteReport(task=task.name, skipped_gpu=len(plan.skipped_gpu))
     if dry_run:
         for group in plan.groups:

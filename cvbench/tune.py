@@ -27,41 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .plan import Block, RunOptions, RunSpec, build_method, expand, plan_runs, split_seed
-from .results import RunRecord
-from .split import Split, carve_validation, drop_unreadable, per_class_limit
+from .plan import Block, RunOptions, RunSpec, build_method, expand, training_split, validation_carve
+from .run import DEFAULT_FRACTION, validation_scores
+from .split import Split
 from .tasks import Task, get_task
-
-DEFAULT_FRACTION = 0.2
-
-
-def validation_carve(task: Task, train: Split, fraction: float = DEFAULT_FRACTION,
-                     seed: int = 0) -> tuple[Split, Split]:
-    """(fitting part, validation part) of a training split, with the task's grouping."""
-    return carve_validation(train, fraction, seed=seed, group_key=task.val_group_key)
-
-
-def validation_scores(task: Task, specs: list[RunSpec], fit: Split, val: Split,
-                      options: RunOptions, log=print) -> list[RunRecord]:
-    """Every spec fitted on `fit` and scored on `val`, through the planner and the runner; the
-    records are returned, never saved."""
-    from .run import execute
-
-    options = RunOptions(**{**options.__dict__, "save": False, "force": True})
-    plan = plan_runs(task, specs, options, log=lambda m: None, splits=(fit, val))
-    records: list[RunRecord] = []
-    execute(plan, options, log=log, on_record=records.append)
-    return records
-
-
-def training_split(task: Task, options: RunOptions, seed: int = 0) -> Split:
-    """The task's training split (per-class subset with quick); its test side is not touched."""
-    train, _test = task.load_splits(options.data_dir, seed=split_seed(task, seed), skip_bad=options.skip_bad)
-    if options.skip_bad:
-        train = drop_unreadable(train)
-    if options.quick:
-        train = per_class_limit(train, task.quick_limit[0], seed=seed, name=train.name)
-    return train
 
 
 @dataclass
@@ -77,7 +46,7 @@ class TuneResult:
 
     def table(self) -> str:
         """The validation table as markdown (the best row marked)."""
-        from .report import md_table
+        from .format import md_table
 
         keys = sorted({k for r in self.rows for k in r["point"]})
         also = ["accuracy"] if self.metric != "accuracy" else []
@@ -162,7 +131,7 @@ def save(result: TuneResult, out: Path) -> list[str]:
 
 
 def _lr_figure(curve: dict[str, Any], path: Path, title: str) -> None:
-    from .report import figure_setup, save_png
+    from .figures import figure_setup, save_png
 
     plt = figure_setup()
     fig, ax = plt.subplots(figsize=(6, 3.4))

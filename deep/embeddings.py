@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from cvbench.cache import CORRUPT, discard
+from cvbench.cache import CORRUPT, discard, note
 from cvbench.errors import UserError
 from cvbench.images import decode_item
 from cvbench.split import Split
@@ -400,6 +400,10 @@ def embed_split(split: Split, backbone: str = "efficientnet_lite0", size: int | 
         pos = {k: j for j, k in enumerate(_as_bytes(keys[todo]))}
         out[missing] = new[[pos[k] for k in _as_bytes(keys[missing])]]
     STATS["cached"] += int(have.sum())
+    if have.any():
+        note("embeddings", hit=True, n=int(have.sum()))
+    if n_todo := len(todo):
+        note("embeddings", hit=False, n=n_todo)
     if dist:
         from .distributed import barrier
 

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cvbench.atomic import atomic_open
+from cvbench.cache import note
 from cvbench.errors import UserError
 
 from . import distributed as dist_utils
@@ -565,6 +566,7 @@ class Checkpoint(Callback):
             raise UserError(f"cannot resume from checkpoint {self.path}: not a valid checkpoint "
                             f"({_short_reason(exc)}); delete it to start over") from None
         state.resumed_from_epoch = state.epoch
+        note("checkpoint", hit=True)
 
 
 def _short_reason(exc: Exception) -> str:

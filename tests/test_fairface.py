@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pytest
 
+from cvbench.compare import variant_name
 from cvbench.errors import DataError, UserError
 from cvbench.leaderboard import render_task
 from cvbench.metrics import group_bootstrap, group_statistics
-from cvbench.report import Page, variant_name
+from cvbench.report import Page
 from cvbench.results import RunRecord
 from cvbench.split import Split
 from cvbench.tasks import get_task

@@ -370,25 +370,6 @@ def test_fixture_only_for_tasks_that_have_one(capsys, tmp_path):
     assert "has no generated fixture" in capsys.readouterr().err
 
 
-def test_timed_record_points_a_cached_sweep_point_at_the_run_that_computed_features(tmp_path):
-    from cvbench.report import Page
-
-    facts = {"feature_cache_params": ["k"]}
-
-    def rec(k, step, fit_s, label="bow"):
-        return _record(f"{label}{k}{step}{fit_s}", label=label, method="bow-sift", params={"k": k, "step": step},
-                       timings={"fit_s": fit_s, "predict_s": 0.0}, method_facts=facts)
-
-    cold, cached, other_step = rec(1, 4, 60.0), rec(8, 4, 0.01), rec(1, 8, 90.0)
-    records = [cold, cached, other_step, rec(8, 4, 500.0, label="another block")]
-    page = Page(get_task("demo"), records, [], tmp_path)
-    assert page.timed(cached) is cold  # k reuses histograms; step does not
-    assert page.timed(other_step) is other_step
-    deep = _record("d", label="cnn", method="cnn", params={"epochs": 5}, timings={"fit_s": 1.0})
-    slower = _record("e", label="cnn", method="cnn", params={"epochs": 50}, timings={"fit_s": 9.0})
-    assert Page(get_task("demo"), [deep, slower], [], tmp_path).timed(deep) is deep  # own time
-
-
 @pytest.mark.parametrize("body, message", [
     ('[[run]]\nmethod = "tiny-knn"\nlabel = 5\n', r"'label' must be a one-line string, got 5"),
     ('[[run]]\nmethod = "tiny-knn"\nlabel = "two\\nlines"\n', "'label' must be a one-line string"),
@@ -465,46 +446,3 @@ def test_demo_target_writes_nothing_into_the_committed_leaderboard(tmp_path, cap
     assert not results_path("demo", leaderboard_dir()).exists()
 
 
-def test_results_csv_round_trips_with_the_records(tmp_path):
-    import csv
-
-    path = _demo_suite(tmp_path, _SHRINK_SWEEP)
-    run_suite("demo", RunOptions(device="cpu", progress=False), path=path, log=lambda m: None)
-    index = render_all(tasks=[get_task("demo")])
-    rows = list(csv.DictReader(open(index.parent / "results.csv")))
-    assert len(rows) == 1  # one row per (task, variant, label): the chosen configuration
-    (row,) = rows
-    recs = {r.key: r for r in load_records("demo")}
-    keys = row["run_keys"].split()
-    assert len(keys) == 2 and all(k in recs for k in keys) and row["seeds"] == "0 1"
-    accs = [recs[k].metrics["accuracy"] for k in keys]
-    assert float(row["mean"]) == pytest.approx(np.mean(accs), abs=1e-6)
-    assert float(row["sd"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
-    assert row["test_selected"] == "True" and row["chosen_by"] == "test split"  # best of 2 shrinks
-    assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
-
-
-def test_marks_best_over_seeds_epochs_and_compositions(tmp_path):
-    """† whenever a shown number was chosen on the test split; never for a single configuration."""
-    from cvbench.report import CHOSEN_MARK, Page, label_rows, row_label
-
-    def rec(key, acc, seed=0, label="x", **kw):
-        return _record(key, acc=acc, seed=seed, label=label, **kw)
-
-    page = Page(get_task("demo"), [
-        rec("a", 0.5, seed=0), rec("b", 0.7, seed=1),  # one configuration, two seeds: no choice
-        rec("c", 0.6, label="epochs", params={"epochs": 8}), rec("d", 0.8, label="epochs", params={"epochs": 16}),
-        rec("e", 0.3, label="mix", conditions={"composition": "biased"}),
-        rec("f", 0.4, label="mix", conditions={"composition": "balanced"}),
-    ], [], tmp_path)
-    rows = {r.label: r for r in label_rows(page)}
-    assert row_label(rows["x"]) == "x" and rows["x"].mean("accuracy") == pytest.approx(0.6)
-    assert rows["epochs"].best.params["epochs"] == 16 and row_label(rows["epochs"]).endswith(CHOSEN_MARK)
-    assert rows["mix"].best.conditions["composition"] == "balanced" and rows["mix"].test_selected
-    # chosen on validation where every configuration has a validation score: no mark
-    page = Page(get_task("demo"), [
-        rec("g", 0.9, label="v", params={"C": 1}, info={"validation": {"score": 0.6}}),
-        rec("h", 0.8, label="v", params={"C": 2}, info={"validation": {"score": 0.7}}),
-    ], [], tmp_path)
-    (row,) = label_rows(page)
-    assert row.best.params["C"] == 2 and row.chosen_by == "validation" and not row.test_selected

@@ -179,7 +179,7 @@ def test_tune_never_reads_the_test_split(monkeypatch, tmp_path, capsys):
 
 
 def test_tune_carves_by_the_tasks_group(tmp_path):
-    from cvbench.tune import validation_carve
+    from cvbench.plan import validation_carve
 
     get_task("retinopathy").make_fixture(tmp_path, n_patients=12, size=24)
     task = get_task("retinopathy")

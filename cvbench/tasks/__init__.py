@@ -100,6 +100,8 @@ class Task:
     extra_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sections: tuple[str, ...] = ()
     comparison: dict[str, Any] = field(default_factory=dict)
+    default_cell: dict[str, Any] = field(default_factory=dict)  # the conditions headlines come from
+    overview_metrics: tuple[str, ...] = ()  # shown beside the primary metric in the overview
     fetch_help: str = ""
     fetch_urls: tuple[tuple[str, str, str], ...] = ()
     fixture_note: str = ""
@@ -212,6 +214,8 @@ def _task_from_config(name: str) -> Task:
         extra_labels={k: tuple(str(x) for x in v) for k, v in c.get("extra_labels", {}).items()},
         sections=tuple(c.get("report", {}).get("sections", ())),
         comparison=dict(c.get("report", {}).get("comparison", {})),
+        default_cell=dict(c.get("report", {}).get("default_cell", {})),
+        overview_metrics=tuple(c.get("report", {}).get("overview_metrics", ())),
         fetch_help=fetch.get("help", ""),
         fetch_urls=tuple(tuple(u) for u in fetch.get("urls", ())),
         fixture_note=c.get("fixture", {}).get("note", ""),

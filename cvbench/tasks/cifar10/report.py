@@ -4,7 +4,8 @@ claims as claims."""
 
 from __future__ import annotations
 
-from cvbench.report import Page, fmt, md_table
+from cvbench.format import fmt, md_table
+from cvbench.report import Page
 
 # The studies' own numbers (docs/studies.md): claims, not our measurements.
 STUDY_CLAIMS = (

@@ -9,24 +9,11 @@ from collections import defaultdict
 
 import numpy as np
 
+from cvbench.compare import N_BOOT, comparison_families, family_title, variant_name, variant_rank
+from cvbench.figures import figure_setup, save_png
+from cvbench.format import details, fmt, fmt_budget, fmt_ci, fmt_seconds, md_table, slug
 from cvbench.metrics import group_bootstrap, group_statistics
-from cvbench.report import (
-    N_BOOT,
-    Page,
-    comparison_families,
-    details,
-    family_title,
-    figure_setup,
-    fmt,
-    fmt_budget,
-    fmt_ci,
-    fmt_seconds,
-    md_table,
-    save_png,
-    slug,
-    variant_name,
-    variant_rank,
-)
+from cvbench.report import Page
 from cvbench.results import RunRecord
 
 from .reader import RACES

@@ -7,9 +7,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+from scipy.stats import norm
 
+from cvbench.aggregate import test_set_id
+from cvbench.format import md_table
+from cvbench.methods import HIDDEN_PARAMS
 from cvbench.metrics import paired_bootstrap_diff
-from cvbench.report import HIDDEN_PARAMS, Page, md_table
+from cvbench.report import Page
 from cvbench.results import RunRecord
 from cvbench.tasks import get_task
 
@@ -57,8 +61,10 @@ def _paired_effects(cells: dict[tuple[str, str], dict[int, RunRecord]]) -> list[
             continue
         mean, pooled = float(np.mean(diffs)), np.mean(samples, axis=0)
         lo, hi = np.quantile(pooled, [0.025, 0.975])
+        sd = float(np.std(pooled))
+        p = float(2 * norm.sf(abs(mean) / sd)) if sd > 0 else (1.0 if mean == 0 else 0.0)
         seeds = f"mean of {len(diffs)} hold-out splits, " if len(diffs) > 1 else ""
-        out.append(f"{what}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] ({seeds}{n} test images in all)")
+        out.append(f"{what}: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {p:.2f} ({seeds}{n} test images in all)")
     return out
 
 
@@ -104,7 +110,8 @@ def occlusion_tables(records: list[RunRecord]) -> str:
         diffs = _paired_effects(cells)
         if diffs:
             out.append("Paired bootstrap differences in top-1 accuracy (same test items, 1000 "
-                       "resamples; 95% interval, p for no difference):\n")
+                       "resamples of each hold-out split, averaged over the splits; 95% interval, "
+                       "and p for no difference from the resamples' normal approximation):\n")
             out.extend(f"- {d}" for d in diffs)
             out.append("")
         occ = next((next(iter(c.values())) for (tr, te), c in cells.items() if te == "masks" and c), None)
@@ -118,6 +125,23 @@ def occlusion_tables(records: list[RunRecord]) -> str:
             out.append(f"Masks pasted in training: {aug.get('source')}, fill {aug.get('fill')}, "
                        f"{aug.get('how')}.\n")
     return "\n".join(out)
+
+
+def chance_and_caveat(records: list[RunRecord]) -> str:
+    """The chance level of this data beside the study's, and how few queries a split has."""
+    n_classes = len(records[0].data.get("classes") or records[0].data["test"].get("class_counts") or {})
+    if not n_classes:
+        return ""
+    sets = {test_set_id(r): r.test_n for r in records if r.conditions.get("test_occlusion", "none") == "none"}
+    sizes = sorted(set(sets.values()))
+    chance_map5 = sum(1 / k for k in range(1, min(5, n_classes) + 1)) / n_classes
+    return (f"**Chance here, and how small the test is.** These photographs hold {n_classes} hotels: "
+            f"random guessing gives top-1 accuracy 1/{n_classes} = {100 / n_classes:.1f}% and MAP@5 "
+            f"{chance_map5:.3f} (the study's 0.032% was for 3,116 hotels; the two are not comparable). "
+            f"A hold-out split has {'/'.join(map(str, sizes))} test queries; the runs here use "
+            f"{len(sets)} split(s), {sum(sets.values())} queries in all. One query is "
+            f"{100 / max(sizes):.1f} points of top-1 on one split, so differences of a few points "
+            "are noise; the intervals say how much.\n")
 
 
 def section_occlusion(page: Page) -> str:
@@ -142,6 +166,8 @@ def section_occlusion(page: Page) -> str:
                  "with and without masks (VGG-16, 147,026,796 parameters); random guessing over "
                  "3,116 hotels gives 0.032%. Its precision 0.96 / recall 0.0375 / F1 0.0027 do not fit "
                  "together ([docs/studies.md](../docs/studies.md#hotelid)); here every metric is computed from the stored predictions.\n")
+    if real:
+        lines.append(chance_and_caveat(real))
     for title, recs in (("Real photographs", real), ("Generated fixture (not Hotel-ID data)", fixture)):
         tables = occlusion_tables(recs)
         if tables:

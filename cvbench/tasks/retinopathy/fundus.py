@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from cvbench.atomic import atomic_open
-from cvbench.cache import CORRUPT, CacheCorrupt, discard
+from cvbench.cache import CORRUPT, CacheCorrupt, discard, note
 from cvbench.errors import BadImageError
 from cvbench.images import to_gray
 from cvbench.paths import cache_dir
@@ -213,6 +213,7 @@ def prepare_fundus(split: Split, size: int, mode: str = "crop", threshold: int =
         except CORRUPT as exc:
             discard(path, exc)
             arr = None
+    note("fundus images", hit=arr is not None)
     if arr is None:
         out, bad = [], 0
         for i in range(len(split)):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cvbench.report import Page, fmt, md_table
+from cvbench.format import fmt, md_table
+from cvbench.report import Page
 from cvbench.results import RunRecord
 
 # Accuracies the source study REPORTS (docs/studies.md, scene15; not our runs).
