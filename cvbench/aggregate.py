@@ -332,14 +332,89 @@ def choose(configs: list[Config]) -> tuple[Config, str, int]:
     return max(configs, key=_mean_or_inf), "test", len(configs)
 
 
+CORRUPTION = "corruption"  # the test-side condition every task has (cvbench.corruptions)
+
+
+def corruption_of(config: Config) -> str | None:
+    return config.conditions.get(CORRUPTION)
+
+
+def clean_id(config: Config) -> str:
+    """A configuration's identity without its test-image corruption (its clean twin's)."""
+    rec = config.first
+    params = {k: v for k, v in rec.params.items() if k not in HIDDEN_PARAMS}
+    conditions = {k: v for k, v in rec.conditions.items() if k != CORRUPTION}
+    return json.dumps([rec.label, rec.variant, rec.method, params, conditions], sort_keys=True, default=str)
+
+
+@dataclass
+class Robustness:
+    """A configuration on clean test images and under each corruption it ran with: the metric,
+    the drop from clean and the paired interval of the drop (the same test items, the same
+    resamples: a corrupted image keeps its clean image's id)."""
+
+    clean: Config
+    corrupted: dict[str, Config]  # "jpeg:3" -> its configuration
+
+    def severities(self, name: str) -> dict[int, Config]:
+        out = {}
+        for value, c in self.corrupted.items():
+            n, _, sev = value.partition(":")
+            if n == name:
+                out[int(sev)] = c
+        return out
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({v.partition(":")[0] for v in self.corrupted})
+
+    def drop(self, value: str) -> tuple[float, tuple[float, float] | None]:
+        c = self.corrupted[value]
+        d = (c.mean() or 0.0) - (self.clean.mean() or 0.0)
+        sc, s0 = c.samples, self.clean.samples
+        if sc is None or s0 is None or c.test_sets != self.clean.test_sets:
+            return d, None
+        lo, hi = np.quantile(sc - s0, [ALPHA / 2, 1 - ALPHA / 2])
+        return d, (float(lo), float(hi))
+
+    def mean_under(self, severity: int = 3) -> tuple[float, tuple[float, float] | None, int] | None:
+        """The metric averaged over the corruptions run at `severity`, its interval, how many."""
+        picked = [c for v, c in self.corrupted.items() if v.endswith(f":{severity}")]
+        if not picked:
+            return None
+        mean = float(np.mean([c.mean() or 0.0 for c in picked]))
+        samples = [c.samples for c in picked]
+        if any(x is None for x in samples):
+            return mean, None, len(picked)
+        lo, hi = np.quantile(np.mean(samples, axis=0), [ALPHA / 2, 1 - ALPHA / 2])
+        return mean, (float(lo), float(hi)), len(picked)
+
+
+def robustness(configs: list[Config]) -> list[Robustness]:
+    """Every configuration that ran under a corruption, with its clean twin."""
+    clean = {clean_id(c): c for c in configs if corruption_of(c) is None}
+    out: dict[str, Robustness] = {}
+    for c in configs:
+        value = corruption_of(c)
+        twin = clean.get(clean_id(c)) if value else None
+        if twin is not None:
+            out.setdefault(clean_id(c), Robustness(twin, {})).corrupted[value] = c
+    return sorted(out.values(), key=lambda r: (r.clean.family, r.clean.label))
+
+
 @dataclass
 class TaskTable:
     task: Any
     configs: list[Config]  # every configuration of the records
-    rows: list[Row]  # the shown one per (label, variant, conditions)
+    rows: list[Row]  # the shown one per (label, variant, conditions), clean test images
     headlines: list[tuple[Row, int, str]]  # (row, rows it was chosen from, how)
     default_cell: dict[str, list[Any]]
     ranked: str = ""  # which test the rank intervals used
+    robust: list[Robustness] = field(default_factory=list)
+
+    def robustness_of(self, row: Row) -> Robustness | None:
+        key = clean_id(row.config)
+        return next((r for r in self.robust if clean_id(r.clean) == key), None)
 
 
 def group_configs(task, records: list[RunRecord]) -> list[Config]:
@@ -456,10 +531,10 @@ def rank_intervals(rows: list[Row]) -> str:
 def task_table(task, records: list[RunRecord]) -> TaskTable:
     """Every row of a task's (full, not quick) records, ranked, and the family headlines."""
     configs = group_configs(task, records)
-    rows = build_rows(configs)
+    rows = build_rows([c for c in configs if corruption_of(c) is None])  # clean test images
     ranked = rank_intervals(rows)
     cell = {k: list(v) if isinstance(v, list) else [v] for k, v in (task.default_cell or {}).items()}
-    return TaskTable(task, configs, rows, headlines(rows, cell), cell, ranked)
+    return TaskTable(task, configs, rows, headlines(rows, cell), cell, ranked, robustness(configs))
 
 
 def cell_name(conditions: dict[str, Any]) -> str:

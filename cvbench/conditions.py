@@ -29,7 +29,8 @@ ACTS_ON = ("train", "test", "train_batches")
 class Condition:
     """name: the suite key; acts_on: see the module docstring; values: the accepted values
     (empty: any string `check` accepts); apply(split, value, seed) -> Split; what: one line
-    for pages and errors."""
+    for pages and errors; neutral: the value that changes nothing (dropped from a run's
+    conditions, so the run is the one without the condition)."""
 
     name: str
     acts_on: str
@@ -37,6 +38,7 @@ class Condition:
     values: tuple[Any, ...] = ()
     check: Callable[[Any], None] | None = None
     what: str = ""
+    neutral: Any = None  # the value that changes nothing (a run with it is the run without it)
 
     def __post_init__(self):
         if self.acts_on not in ACTS_ON:

@@ -32,12 +32,14 @@ def item_rng(seed: int, key: str | int) -> np.random.Generator:
 
 
 def augmented_split(split, apply, seed: int, tag: str, name: str | None = None,
-                    max_side: int | None = 384):
+                    max_side: int | None = 384, keep_ids: bool = False, meta: dict | None = None):
     """A copy of `split` with `apply(image[None], rng)` run once on every image, the rng
     depending only on (seed, item id). Path items are written once as PNG under
     `$CVBENCH_CACHE/augmented/<hash>/` (longer side at most max_side); in-memory items stay in
     memory. `tag` names the augmentation in the cache key; the copy's meta["augmented_mean"]
-    holds the mean of what apply returns as its second value (e.g. the covered fraction)."""
+    holds the mean of what apply returns as its second value (e.g. the covered fraction).
+    With keep_ids the copy's items keep the ids of the originals (a corrupted test image pairs
+    with its clean self); `meta` adds facts to the copy's meta."""
     from PIL import Image
 
     ids = split.item_ids()
@@ -49,7 +51,8 @@ def augmented_split(split, apply, seed: int, tag: str, name: str | None = None,
             img, s = apply(split.image(i, mode="rgb")[None], item_rng(seed, ids[i]))
             out.append(img[0])
             stat.append(s)
-        meta = {**split.meta, "augmented_mean": round(float(np.mean(stat)), 4) if stat else 0.0}
+        meta = {**split.meta, **(meta or {}), "augmented_mean": _mean(stat),
+                **({"item_ids": ids} if keep_ids else {})}
         return Split(items=np.stack(out) if out else split.items, labels=split.labels,
                      classes=split.classes, name=new_name, groups=dict(split.groups), meta=meta,
                      fingerprint=digest, aux_classes=split.aux_classes)
@@ -75,10 +78,16 @@ def augmented_split(split, apply, seed: int, tag: str, name: str | None = None,
             atomic_write_bytes(path, buf.getvalue())
             stat.append(float(s))
         atomic_write_text(manifest, json.dumps(stat))
-    meta = {**split.meta, "augmented_mean": round(float(np.mean(stat)), 4) if stat else 0.0}
+    meta = {**split.meta, **(meta or {}), "augmented_mean": _mean(stat),
+            **({"item_ids": ids} if keep_ids else {})}
     return Split(items=[str(p) for p in paths], labels=split.labels, classes=split.classes,
                  name=new_name, groups=dict(split.groups), root=str(folder), meta=meta,
                  fingerprint=digest, aux_classes=split.aux_classes)
+
+
+def _mean(stat: list[float]) -> float:
+    """The mean of the per-image statistics, finite (an identical image's PSNR is capped)."""
+    return round(float(np.mean(np.minimum(stat, 99.0))), 4) if len(stat) else 0.0
 
 
 def with_augmented_copy(split, seed: int):

@@ -111,3 +111,37 @@ def cost_figure(rows, metric: str, path: Path, title: str) -> bool:
     save_png(fig, path)
     plt.close(fig)
     return True
+
+
+def robustness_figure(robust, metric: str, path: Path, title: str) -> bool:
+    """One line per method (cvbench.aggregate.Robustness): its clean score at severity 0, then
+    the mean over the corruptions it ran at each severity; coloured by family."""
+    lines = []
+    for r in robust:
+        by_sev: dict[int, list[float]] = {}
+        for value, c in r.corrupted.items():
+            sev = int(value.partition(":")[2])
+            by_sev.setdefault(sev, []).append(c.mean() or 0.0)
+        xs = [0, *sorted(by_sev)]
+        ys = [r.clean.mean() or 0.0, *(float(np.mean(by_sev[s])) for s in sorted(by_sev))]
+        lines.append((r, xs, ys))
+    if not lines:
+        return False
+    plt = figure_setup()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    seen = set()
+    for r, xs, ys in sorted(lines, key=lambda x: (x[0].clean.family, x[0].clean.label)):
+        fam = r.clean.family
+        ax.plot(xs, ys, "o-", color=FAMILY_COLOURS.get(fam, "black"), ms=3, lw=1,
+                label=None if fam in seen else fam)
+        seen.add(fam)
+        ax.annotate(r.clean.label[:24], (xs[-1], ys[-1]), fontsize=5, xytext=(3, 0), textcoords="offset points")
+    ax.set_xticks(range(0, 6))
+    ax.set_xlabel("corruption severity (0 = clean; mean over the corruptions run)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=8)
+    save_png(fig, path)
+    plt.close(fig)
+    return True

@@ -26,6 +26,7 @@ from .report import (
     fmt_rank,
     fmt_row_metric,
     fmt_runtime,
+    fmt_under,
     headline_choice,
     marks_note,
     row_label,
@@ -98,7 +99,7 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[RunRecord]],
                         str(r.data.get("train", {}).get("n", "–")), r.started[:10]]
                        for r in all_recs if r.quick]
         if not recs:
-            rows.append([link, "–", "no runs yet", "–", "–", "–", "–", "–", "–", "–",
+            rows.append([link, "–", "no runs yet", "–", "–", "–", "–", "–", "–", "–", "–",
                          f"`cvbench suite {task.name}`"])
             continue
         page = Page(task=task, records=recs, quick=[], fig_dir=fig_dir or Path("."))
@@ -113,6 +114,7 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[RunRecord]],
             trained = f"{row.train_n}" + (f" ({cell})" if row.cell else "")
             data = "GENERATED FIXTURE" if row.first.is_fixture else row.variant
             rows.append([link, f"{row.family}: {row_label(row, how)}", score,
+                         fmt_under(page.table.robustness_of(row)),
                          f"{fmt_rank(row)} of {row.rank_of}" if row.rank else "–",
                          headline_choice(row, n, how), trained, f"{row.test_n}" + (f" ({extra})" if extra else ""),
                          fmt_runtime(row), row.first.device_name, fmt_budget(row.first), data])
@@ -121,7 +123,8 @@ def render_index(tasks: list[Task], records_by_task: dict[str, list[RunRecord]],
             if cost_figure(page.table.rows, task.primary, path, f"{task.name}: {task.primary} against runtime"):
                 pictures.append(f"### {task.name}\n\n![{task.name}: {task.primary} against runtime]"
                                 f"(figures/index/{path.name})\n")
-    lines.append(md_table(["task", "headline (family: method)", "score [95% CI]", "rank",
+    lines.append(md_table(["task", "headline (family: method)", "score [95% CI]",
+                           "under corruption (mean, severity 3)", "rank",
                            "chosen by", "trained on (N, cell)", "tested on (n)", "runtime",
                            "device", "budget", "data"], rows))
     lines.append(marks_note("\n".join(lines)))

@@ -245,13 +245,15 @@ def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
         log(f"skipping {len(skipped)} GPU-protocol run(s) on the CPU: {'; '.join(labels)} "
             f"(run with --device cuda on a GPU machine)")
     specs = [s for s in specs if s not in skipped]
+    known = task.conditions
     for spec in specs:  # before any data is read
         check_conditions(task, spec.conditions)
+        spec.conditions = {k: v for k, v in spec.conditions.items()  # a neutral value is no condition
+                           if known[k].neutral is None or v != known[k].neutral}
     data: dict[int, tuple[Split, Split]] = {}
     for s in sorted({split_seed(task, spec.seed) for spec in specs} or {0}):
         data[s] = splits or load_task_splits(task, options, seed=s)
     done = set() if options.force else completed_keys(task.name, options.root)
-    known = task.conditions
     groups: dict[str, FitGroup] = {}
     for spec in specs:
         train, test = data[split_seed(task, spec.seed)]

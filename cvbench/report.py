@@ -29,7 +29,7 @@ from .compare import (
     variant_name,
     variant_rank,
 )
-from .figures import confusion_png, cost_figure, curves_png
+from .figures import confusion_png, cost_figure, curves_png, robustness_figure
 from .format import (
     SWEEP_MARK,
     details,
@@ -531,6 +531,66 @@ def section_seeds(page: Page) -> str:
          f"acc. − {ref} (same seed)", f"gap − {ref} (same seed)"], rows)
 
 
+def fmt_drop(d: float, ci: tuple[float, float] | None) -> str:
+    text = f"{d:+.3f}" + (f" [{num(ci[0]):s}, {num(ci[1]):s}]" if ci else "")
+    return f"**{text}**" if ci and (ci[0] > 0 or ci[1] < 0) else text
+
+
+def fmt_under(rob, severity: int = 3) -> str:
+    """'0.712 [0.69, 0.73] (4 corruptions)' or '–'."""
+    got = rob.mean_under(severity) if rob is not None else None
+    if got is None:
+        return "–"
+    mean, ci, n = got
+    return f"{mean:.3f}" + (f" [{num(ci[0])}, {num(ci[1])}]" if ci else "") + f" ({n} corruption{'s' * (n > 1)})"
+
+
+def section_robustness(page: Page) -> str:
+    """The primary metric under each test-image corruption, its drop from clean with the
+    paired interval, the mean over corruptions, and the metric against severity."""
+    robust = page.table.robust
+    if not robust:
+        return ""
+    metric = page.primary
+    values = sorted({v for r in robust for v in r.corrupted if v.endswith(":3")})
+    head = ["method", f"clean {metric}"] + [f"{v} (drop [95% CI])" for v in values] + ["mean under corruption"]
+    body = []
+    for r in robust:
+        row = [row_name_of(r.clean), fmt(r.clean.mean(), 3)]
+        for v in values:
+            if v in r.corrupted:
+                d, ci = r.drop(v)
+                row.append(f"{fmt(r.corrupted[v].mean(), 3)} ({fmt_drop(d, ci)})")
+            else:
+                row.append("–")
+        row.append(fmt_under(r))
+        body.append(row)
+    out = ["## Robustness: the test images corrupted\n",
+           f"The same fitted models scored again on corrupted copies of the test images (Hendrycks & "
+           f"Dietterich 2019's definitions; see `cvbench/corruptions.py`), severity 3 of 5. Each cell: "
+           f"{metric} under the corruption and its drop from clean, with the paired bootstrap interval "
+           "of the drop (the same test items, resampled alike; bold: the interval excludes 0). Mean "
+           "under corruption averages the corruptions of the row.\n", md_table(head, body)]
+    sweeps = [r for r in robust if any(len(r.severities(n)) > 1 for n in r.names)]
+    for r in sweeps:
+        sevs = sorted({s for n in r.names for s in r.severities(n)})
+        rows = [[n] + [fmt(r.severities(n)[s].mean(), 3) if s in r.severities(n) else "–" for s in sevs]
+                for n in r.names]
+        out.append(f"### {row_name_of(r.clean)}: {metric} at every severity (clean {fmt(r.clean.mean(), 3)})\n")
+        out.append(md_table(["corruption", *(f"severity {s}" for s in sevs)], rows))
+    path, link = page.figure_path(f"{page.task.name}-robustness.png")
+    if robustness_figure(robust, metric, path, f"{page.task.name}: {metric} against corruption severity"):
+        out.append(f"![{metric} against severity]({link})\n\nEach line is one method: its clean "
+                   f"{metric} at severity 0, then the mean over the corruptions it ran at each severity; "
+                   "colours are families.\n")
+    return "\n".join(out)
+
+
+def row_name_of(config) -> str:
+    cell = cell_name({k: v for k, v in config.conditions.items() if k != "corruption"})
+    return config.label + (f" · {cell}" if cell else "")
+
+
 def _fmt_diff(d: float, samples: np.ndarray) -> str:
     lo, hi = np.quantile(samples, [0.025, 0.975])
     text = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
@@ -556,6 +616,7 @@ SECTIONS = {
     "all_runs": section_all_runs,
     "quick": section_quick,
     "groups": section_groups,
+    "robustness": section_robustness,
     "paired": section_paired,
     "seeds": section_seeds,
     "sweeps_details": _collapsed("sweeps", "Sweeps: every point of every swept block"),
@@ -566,5 +627,5 @@ SECTIONS = {
     "all_runs_details": _collapsed("all_runs", "All runs"),
     "groups_details": _collapsed("groups", "Disparity across groups, run by run"),
 }
-DEFAULT_SECTIONS = ("summary", "picture", "sweeps_details", "confusion_details", "per_class_details",
-                    "curves_details", "stages_details", "all_runs_details", "quick")
+DEFAULT_SECTIONS = ("summary", "picture", "robustness", "sweeps_details", "confusion_details",
+                    "per_class_details", "curves_details", "stages_details", "all_runs_details", "quick")

@@ -11,7 +11,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -293,11 +293,12 @@ def select_on_validation(plan: Plan, blocks, options: RunOptions, log=print, dry
     for block in blocks:
         if block.select != "validation":
             continue
-        cells: dict[str, list[PlannedRun]] = defaultdict(list)
-        for g in plan.groups:
+        cells: dict[str, list[PlannedRun]] = defaultdict(list)  # by training-side conditions:
+        for g in plan.groups:  # one choice per fit, used under every test condition of the cell
             for r in g.runs:
                 if r.spec.block == block.index:
-                    cells[json.dumps(r.spec.conditions, sort_keys=True, default=str)].append(r)
+                    train_side, _ = split_conditions(r.spec.conditions, task.conditions)
+                    cells[json.dumps(train_side, sort_keys=True, default=str)].append(r)
         for runs in cells.values():
             points = sorted({json.dumps(r.spec.params, sort_keys=True, default=str) for r in runs})
             ident = selection_id(task, runs, fraction)
@@ -326,7 +327,13 @@ def _select(plan: Plan, runs: list[PlannedRun], points: list[str], options: RunO
     metric = task.primary
     scores: dict[str, dict[int, float]] = {p: {} for p in points}
     for seed in sorted({r.spec.seed for r in runs}):
-        specs = [r.spec for r in runs if r.spec.seed == seed]
+        specs = {}  # each point once, on clean validation images (no test-side condition)
+        for r in runs:
+            if r.spec.seed == seed:
+                train_side, _ = split_conditions(r.spec.conditions, task.conditions)
+                specs.setdefault(json.dumps(r.spec.params, sort_keys=True, default=str),
+                                 replace(r.spec, conditions=train_side))
+        specs = list(specs.values())
         fit, val = validation_carve(task, training_split(task, options, seed), fraction, seed)
         log(f"  {specs[0].label}: choosing among {len(points)} point(s) on the validation carve "
             f"(seed {seed}: {len(fit)} fit / {len(val)} val)")

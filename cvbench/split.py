@@ -152,7 +152,10 @@ class Split:
         return split_pixels(self, size, mode, n_jobs)
 
     def item_ids(self) -> list[str]:
-        """A stable id per item for records: the path relative to root, else the index."""
+        """A stable id per item for records: the path relative to root, else the index (a
+        derived split, e.g. corrupted test images, keeps its originals' ids in meta)."""
+        if "item_ids" in self.meta:
+            return list(self.meta["item_ids"])
         if not (isinstance(self.items, np.ndarray) and self.items.dtype == object):
             return [str(i) for i in range(len(self))]
         return [relative_name(p, self.root).decode("utf-8", "backslashreplace") for p in self.items]
@@ -189,7 +192,7 @@ class Split:
             "n": len(self),
             "fingerprint": self.fingerprint,
             "class_counts": {c: int(n) for c, n in zip(self.classes, self.class_counts())},
-            **{k: v for k, v in self.meta.items() if _jsonable(v)},
+            **{k: v for k, v in self.meta.items() if _jsonable(v) and k != "item_ids"},
         }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cvbench.corruptions import corrupt_batch, parse_list
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, key_params, register_method
 from cvbench.params import AnyOf, Anything, Bool, Choice, Float, Int, Text
@@ -102,6 +103,8 @@ DEEP_PARAMETERS = {
     "class_weight": Choice("balanced", none=True),
     "sampling": Text(_sampling, "'balanced' or 'balanced:<group key>'", none=True),
     "aux_targets": Text(parse_aux_targets, "extra-label heads like 'gender:2,age:9'", none=True),
+    "corruption_augment": Text(parse_list, "corruptions like 'gaussian_noise:3,jpeg:3'", none=True),
+    "corruption_p": Float(0.0, 1.0),
     "protocol": Text(none=True),
     "eval_batch_size": Int(1, none=True),
     "seed": Int(0),
@@ -192,6 +195,8 @@ class DeepClassifier(Method, TrainHooks):
         class_weight: str | None = None,
         sampling: str | None = None,
         aux_targets: str | None = None,
+        corruption_augment: str | None = None,
+        corruption_p: float = 0.5,
         protocol: str | None = None,
         eval_batch_size: int | None = None,
         seed: int = 0,
@@ -228,6 +233,8 @@ class DeepClassifier(Method, TrainHooks):
         self.class_weight = class_weight
         self.sampling = sampling
         self.aux_targets = aux_targets
+        self.corruption_augment = corruption_augment
+        self.corruption_p = corruption_p
         self.protocol = protocol
         self.eval_batch_size = eval_batch_size
         self.seed = seed
@@ -287,15 +294,22 @@ class DeepClassifier(Method, TrainHooks):
 
     def augment_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a (B, C, H, W) uint8 batch on the device, then apply the training split's
-        condition augmentation (e.g. pasted occlusion masks), if any."""
+        condition augmentation (e.g. pasted occlusion masks), if any, and the method's own
+        corruption defence (`corruption_augment`: each image, with probability corruption_p,
+        corrupted as the test-side corruption condition would)."""
         x = apply_augment(x, self.augment_spec_, generator)
         cond = getattr(self, "condition_augment_", None)
-        if cond is None:
+        corruptions = parse_list(self.corruption_augment)
+        if cond is None and not corruptions:
             return x
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+        rng = np.random.default_rng(seed)
         arr = x.permute(0, 2, 3, 1).cpu().numpy()
-        out = cond.apply(arr, np.random.default_rng(seed), float(cond.p))
-        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device).permute(0, 3, 1, 2)
+        if cond is not None:
+            arr = cond.apply(arr, rng, float(cond.p))
+        if corruptions:
+            arr = corrupt_batch(arr, corruptions, float(self.corruption_p), rng)
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(x.device).permute(0, 3, 1, 2)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> normalised float."""
@@ -493,10 +507,14 @@ class DeepClassifier(Method, TrainHooks):
 
     def run_key_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """`params` without those that cannot change the trained weights: resume always,
-        budget_clock when there is no time budget (for run keys and checkpoint names)."""
+        budget_clock when there is no time budget, the corruption defence when it is off (for
+        run keys and checkpoint names)."""
         params = {k: v for k, v in params.items() if k != "resume"}
         if not params.get("time_budget_s"):
             params.pop("budget_clock", None)
+        if not params.get("corruption_augment"):  # no defence: the runs from before it existed
+            params.pop("corruption_augment", None)
+            params.pop("corruption_p", None)
         return params
 
     def _run_hash(self, split: Split, val: Split | None) -> str:

@@ -28,6 +28,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from cvbench.corruptions import parse_list
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.metrics import quadratic_weighted_kappa_fast
@@ -129,6 +130,7 @@ class LinearProbe(_EmbeddingMethod):
         "alphas": Seq(Float(0.0, lo_open=True), none=True),
         "class_weight": Choice("balanced", none=True),
         "max_iter": Int(1, 100_000),
+        "train_corruptions": Text(parse_list, "corruptions like 'jpeg:3,gaussian_noise:3'", none=True),
     }
 
     def __init__(self, backbone: str = "efficientnet_lite0", size: int | None = None,
@@ -136,8 +138,10 @@ class LinearProbe(_EmbeddingMethod):
                  objective: str = "classification", Cs: tuple | None = None,
                  alphas: tuple | None = None, val_fraction: float = 0.2,
                  class_weight: str | None = None, max_iter: int = 1000,
+                 train_corruptions: str | None = None,
                  batch_size: int = 32, precision: str = "fp32", seed: int = 0,
                  device: str = "cpu", n_jobs: int | None = None):
+        self.train_corruptions = train_corruptions
         self.backbone = backbone
         self.size = size
         self.resize = resize
@@ -168,6 +172,7 @@ class LinearProbe(_EmbeddingMethod):
     def fit(self, split: Split):
         X, info = self._embed(split)
         self.info_ = self._facts("train", info)
+        self.copies_ = self._corrupted_copies(split)
         y = split.labels
         self.n_classes_ = split.n_classes
         t0 = time.perf_counter()
@@ -177,6 +182,31 @@ class LinearProbe(_EmbeddingMethod):
             self._fit_classification(split, X, y)
         self.info_["timings"]["probe_fit_s"] = round(time.perf_counter() - t0, 3)
         return self
+
+    def run_key_params(self, params: dict) -> dict:
+        """Without the corruption defence when it is off (the runs from before it existed)."""
+        if not params.get("train_corruptions"):
+            params = {k: v for k, v in params.items() if k != "train_corruptions"}
+        return params
+
+    def _corrupted_copies(self, split: Split) -> list[np.ndarray]:
+        """Embeddings of one corrupted copy of the training split per `train_corruptions`
+        (the defence: the probe also fits on them; rows aligned with the clean ones)."""
+        from cvbench.corruptions import corrupted_split
+
+        copies = []
+        for name, severity in parse_list(self.train_corruptions):
+            Xc, info = self._embed(corrupted_split(split, f"{name}:{severity}", int(self.seed) + 7919))
+            copies.append(Xc)
+            self.info_.setdefault("train_corruptions", []).append(
+                {"corruption": f"{name}:{severity}", "images": len(Xc), "seconds": info["total_seconds"]})
+        return copies
+
+    def _rows(self, X: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The training rows `rows` (all by default) with their corrupted copies appended."""
+        idx = np.arange(len(X)) if rows is None else rows
+        parts = [X[idx]] + [c[idx] for c in getattr(self, "copies_", [])]
+        return np.concatenate(parts), np.tile(y[idx], len(parts))
 
     # -- classification
     def _logreg(self, C: float):
@@ -193,8 +223,9 @@ class LinearProbe(_EmbeddingMethod):
 
         grid = self._grid(self.Cs, DEFAULT_CS)
         tr, va = carve_rows(split, float(self.val_fraction), int(self.seed))
-        scaler = StandardScaler().fit(X[tr])
-        Xtr, Xva = scaler.transform(X[tr]), scaler.transform(X[va])
+        Xfit, yfit = self._rows(X, y, tr)  # copies of the carved-out rows stay out of the fit
+        scaler = StandardScaler().fit(Xfit)
+        Xtr, Xva = scaler.transform(Xfit), scaler.transform(X[va])
         curve = []
         clf = None
         with warnings.catch_warnings():
@@ -204,15 +235,16 @@ class LinearProbe(_EmbeddingMethod):
                     clf = self._logreg(C)
                 else:
                     clf.set_params(C=C)
-                clf.fit(Xtr, y[tr])
+                clf.fit(Xtr, yfit)
                 scores = _full_scores(clf.predict_proba(Xva), clf.classes_, split.n_classes)
                 curve.append({"C": C, "val_accuracy": round(float((scores.argmax(1) == y[va]).mean()), 4),
                               "val_map5": round(map5(y[va], scores), 4),
                               "iterations": int(np.max(clf.n_iter_))})
             best = max(range(len(curve)), key=lambda i: (curve[i]["val_accuracy"], -i))
             self.C_ = grid[best]
-            self.scaler_ = StandardScaler().fit(X)
-            self.clf_ = self._logreg(self.C_).fit(self.scaler_.transform(X), y)
+            Xall, yall = self._rows(X, y)
+            self.scaler_ = StandardScaler().fit(Xall)
+            self.clf_ = self._logreg(self.C_).fit(self.scaler_.transform(Xall), yall)
         self.info_["validation"] = {
             "protocol": f"carve_validation(fraction={self.val_fraction}, seed={self.seed}, "
                         f"group_key={split.meta.get('val_group_key')!r}) of train",
@@ -240,10 +272,11 @@ class LinearProbe(_EmbeddingMethod):
         folds, group = self._folds(split, y)
         oof = np.zeros((len(grid), len(y)))
         for tr, va in folds:
-            scaler = StandardScaler().fit(X[tr])
-            Xtr, Xva = scaler.transform(X[tr]), scaler.transform(X[va])
+            Xfit, yfit = self._rows(X, y, tr)
+            scaler = StandardScaler().fit(Xfit)
+            Xtr, Xva = scaler.transform(Xfit), scaler.transform(X[va])
             for a, alpha in enumerate(grid):
-                oof[a, va] = Ridge(alpha=alpha, solver="cholesky").fit(Xtr, y[tr]).predict(Xva)
+                oof[a, va] = Ridge(alpha=alpha, solver="cholesky").fit(Xtr, yfit).predict(Xva)
         k = split.n_classes
         curve = []
         for a, alpha in enumerate(grid):
@@ -256,8 +289,9 @@ class LinearProbe(_EmbeddingMethod):
         best = max(range(len(grid)), key=lambda i: (curve[i]["oof_qwk_fitted_thresholds"], -i))
         self.alpha_ = grid[best]
         self.thresholds_ = optimise_thresholds(y, oof[best], n_classes=k)
-        self.scaler_ = StandardScaler().fit(X)
-        self.ridge_ = Ridge(alpha=self.alpha_, solver="cholesky").fit(self.scaler_.transform(X), y)
+        Xall, yall = self._rows(X, y)
+        self.scaler_ = StandardScaler().fit(Xall)
+        self.ridge_ = Ridge(alpha=self.alpha_, solver="cholesky").fit(self.scaler_.transform(Xall), yall)
         self.info_["validation"] = {
             "protocol": f"{len(folds)}-fold out-of-fold predictions over train"
                         f"{f', grouped by {group}' if group else ''}; thresholds fitted on them",

@@ -118,8 +118,12 @@ class Task:
 
     @property
     def conditions(self) -> dict[str, Any]:
+        """Every task's conditions (test-image corruptions), then the task's own."""
+        from ..corruptions import CONDITION as corruption
+
         mod = self.module("protocol")
-        return {c.name: c for c in getattr(mod, "CONDITIONS", ())} if mod else {}
+        own = {c.name: c for c in getattr(mod, "CONDITIONS", ())} if mod else {}
+        return {corruption.name: corruption, **own}
 
     def report_sections(self) -> dict[str, Any]:
         mod = self.module("report")
