@@ -1,10 +1,6 @@
-"""Classical methods (installed as cvbench.baselines): tiny images, k-NN, dense SIFT bag of words.
+"""Classical methods (installed as cvbench.baselines): tiny images, k-NN, dense SIFT bag of words,
+Fisher vectors.
 
-Every submodule is imported so that its @register_method calls run.
+Nothing is imported here: the method registry (cvbench.methods) reads each module's
+@register_method calls from the source and imports a module when one of its methods is built.
 """
-
-import importlib
-import pkgutil
-
-for _mod in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_mod.name}")

@@ -40,7 +40,9 @@ def _options(args, **over):
 
 
 def cmd_list(args) -> int:
-    from .methods import list_methods
+    import os
+
+    from .method_index import method_index
     from .tasks import list_tasks
 
     print(f"Tasks (data root: {_root(args)}):")
@@ -48,7 +50,15 @@ def cmd_list(args) -> int:
         found = "data found" if t.has_data(args.data_dir) else f"no data (expected {t.data_path(args.data_dir)})"
         print(f"  {t.name:<12} {t.title}  [{found}]")
     print("\nMethods:")
-    for m in list_methods():
+    from importlib.metadata import entry_points
+
+    infos = dict(method_index())  # the built-in methods, read from the source (no torch)
+    if (os.environ.get("CVBENCH_PLUGINS") or "cvbench.methods" in sys.modules
+            or entry_points(group="cvbench.plugins")):  # plugins register when imported
+        from .methods import method_infos
+
+        infos = {m.name: m for m in method_infos()}
+    for m in sorted(infos.values(), key=lambda m: m.name):
         print(f"  {m.name:<20} {m.family:<10} {m.description}")
     for t in list_tasks():
         for c in t.conditions.values():

@@ -84,6 +84,8 @@ def resolve_device(device: str = "auto") -> str:
     if device != "auto":
         return device
     if "torch" not in sys.modules:
+        if not _may_have_accelerator():  # no GPU driver: "cpu" without importing torch (~2 s)
+            return "cpu"
         try:
             import torch  # noqa: F401
         except ImportError:
@@ -95,6 +97,14 @@ def resolve_device(device: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _may_have_accelerator() -> bool:
+    """Whether torch could find a GPU here: an NVIDIA or ROCm driver, or Apple silicon (MPS)."""
+    from pathlib import Path
+
+    return (sys.platform == "darwin" or Path("/proc/driver/nvidia").exists()
+            or any(Path("/dev").glob("nvidia*")) or Path("/dev/kfd").exists())
 
 
 def device_info(device: str) -> dict[str, object]:

@@ -46,6 +46,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from .errors import UserError
+from .method_index import MethodInfo, first_paragraph, method_index
 from .params import validate_params
 
 #: How to run, not what: never part of a run key, never shown as a varying parameter.
@@ -161,7 +162,6 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 _PLUGINS_LOADED = False
-PLUGIN_MODULES = ("cvbench.baselines", "cvbench.deep")
 
 
 def register_method(name: str, family: str = "classical", description: str = ""):
@@ -173,7 +173,7 @@ def register_method(name: str, family: str = "classical", description: str = "")
     def deco(obj):
         if name in _METHODS and _METHODS[name].build is not obj:
             raise ValueError(f"method {name!r} registered twice ({_METHODS[name].build} and {obj})")
-        doc = description or (inspect.getdoc(obj) or "").split("\n")[0]
+        doc = description or first_paragraph(inspect.getdoc(obj) or "")
 
         def build(**params):
             method = obj(**params)
@@ -188,18 +188,13 @@ def register_method(name: str, family: str = "classical", description: str = "")
     return deco
 
 
-def load_plugins() -> None:
-    """Import the built-in method packages, every task's methods.py, $CVBENCH_PLUGINS
-    (comma-separated modules) and the `cvbench.plugins` entry-point group, so their
-    @register_method calls run."""
+def _load_external() -> None:
+    """Import $CVBENCH_PLUGINS (comma-separated modules) and the `cvbench.plugins` entry-point
+    group, so their @register_method calls run (once)."""
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    from .tasks import method_modules
-
-    for mod in (*PLUGIN_MODULES, *method_modules()):
-        importlib.import_module(mod)
     for mod in filter(None, (m.strip() for m in os.environ.get("CVBENCH_PLUGINS", "").split(","))):
         try:
             importlib.import_module(mod)
@@ -211,15 +206,43 @@ def load_plugins() -> None:
         ep.load()
 
 
+def load_plugins() -> None:
+    """Import every built-in method module (the index's) and the plugins."""
+    for mod in sorted({i.module for i in method_index().values()}):
+        importlib.import_module(mod)
+    _load_external()
+
+
+def method_infos() -> list[MethodInfo]:
+    """Name, family and description of every method, importing only the plugins (a built-in
+    method's module, torch included, is imported when the method is built)."""
+    _load_external()
+    out = dict(method_index())
+    for name, spec in _METHODS.items():
+        out.setdefault(name, MethodInfo(name, spec.family, spec.description, ""))
+    return [out[k] for k in sorted(out)]
+
+
 def list_methods() -> list[MethodSpec]:
+    """Every method's registry entry (imports every method module)."""
     load_plugins()
     return [_METHODS[k] for k in sorted(_METHODS)]
 
 
+def method_names() -> list[str]:
+    return [i.name for i in method_infos()]
+
+
 def get_method_spec(name: str) -> MethodSpec:
-    load_plugins()
+    """The registry entry of `name`, importing only the module that defines it."""
+    if isinstance(name, str) and name not in _METHODS:
+        info = method_index().get(name)
+        if info is not None:
+            importlib.import_module(info.module)
+        else:
+            _load_external()
     if not isinstance(name, str) or name not in _METHODS:
-        raise UserError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
+        raise UserError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
     return _METHODS[name]
 
 

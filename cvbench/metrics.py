@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 __all__ = [
     "accuracy",
@@ -43,6 +42,14 @@ __all__ = [
 
 
 
+def _skm():
+    """scikit-learn's metrics, imported when first needed (it takes a second: `cvbench list`
+    and the task configs need this module, not sklearn)."""
+    from sklearn import metrics
+
+    return metrics
+
+
 def _labels(y: Any) -> np.ndarray:
     return np.asarray(y, dtype=np.int64).reshape(-1)
 
@@ -63,7 +70,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def accuracy(y_true: Any, y_pred: Any) -> float:
     """Fraction of items predicted correctly (0.0 when empty)."""
     y_true, y_pred = _check_pair(y_true, y_pred)
-    return float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
+    return float(_skm().accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
 
 
 def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
@@ -73,7 +80,7 @@ def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
         return 0.0
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true" is expected
         warnings.simplefilter("ignore", UserWarning)
-        return float(skm.balanced_accuracy_score(y_true, y_pred))
+        return float(_skm().balanced_accuracy_score(y_true, y_pred))
 
 
 def macro_f1(y_true: Any, y_pred: Any) -> float:
@@ -81,7 +88,7 @@ def macro_f1(y_true: Any, y_pred: Any) -> float:
     y_true, y_pred = _check_pair(y_true, y_pred)
     if not len(y_true):
         return 0.0
-    return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    return float(_skm().f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
 def confusion(
@@ -100,7 +107,7 @@ def confusion(
     else:
         with warnings.catch_warnings():  # sklearn warns about any 1x1 matrix, even with labels
             warnings.simplefilter("ignore", UserWarning)
-            cm = skm.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+            cm = _skm().confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
         cm = cm.astype(np.int64)
     if normalize == "true":
         return _ratio(cm, cm.sum(axis=1, keepdims=True))
@@ -117,10 +124,10 @@ def per_class_report(y_true: Any, y_pred: Any, n_classes: int) -> dict[str, np.n
             "support": np.zeros(n_classes, dtype=np.int64)
         }
     labels = np.arange(n_classes)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
+    precision, recall, f1, support = _skm().precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels)  # [[tn, fp], [fn, tp]]
+    mcm = _skm().multilabel_confusion_matrix(y_true, y_pred, labels=labels)  # [[tn, fp], [fn, tp]]
     tn, fp, tp = mcm[:, 0, 0], mcm[:, 0, 1], mcm[:, 1, 1]
     return {
         "precision": precision.astype(np.float64),
@@ -174,7 +181,7 @@ def quadratic_weighted_kappa(y_true: Any, y_pred: Any, n_classes: int | None = N
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)  # sklearn's "undefined" warning
-        kappa = float(skm.cohen_kappa_score(y_true, y_pred, labels=labels, weights="quadratic"))
+        kappa = float(_skm().cohen_kappa_score(y_true, y_pred, labels=labels, weights="quadratic"))
     return 0.0 if not np.isfinite(kappa) else kappa
 
 

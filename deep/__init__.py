@@ -1,11 +1,6 @@
-"""Deep models and the training engine (installed as cvbench.deep).
+"""Deep models, pretrained backbones and the training engine (installed as cvbench.deep).
 
-Every submodule is imported so that its @register_method calls run; torch is imported here,
-so `cvbench list` pays for it once.
+Nothing is imported here (so `cvbench list` and a classical run never import torch): the
+method registry (cvbench.methods) reads each module's @register_method calls from the source
+and imports a module when one of its methods is built.
 """
-
-import importlib
-import pkgutil
-
-for _mod in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_mod.name}")
