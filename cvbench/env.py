@@ -97,6 +97,27 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def check_device(device: str) -> None:
+    """A GPU named with --device is one this machine has (UserError otherwise), so a deep run
+    fails before its data is decoded, not in its fit."""
+    if not (device.startswith("cuda") or device == "mps"):
+        return
+    import torch
+
+    if device == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        ok, what = backend is not None and backend.is_available(), "Apple MPS"
+    else:
+        _, _, index = device.partition(":")
+        ok = torch.cuda.is_available() and (not index or (index.isdigit() and int(index) < torch.cuda.device_count()))
+        what = f"CUDA device {index}" if index else "CUDA"
+    if not ok:
+        from .errors import UserError
+
+        raise UserError(f"--device {device}: {what} is not available on this machine; "
+                        f"use --device cpu or --device auto")
+
+
 def device_info(device: str) -> dict[str, object]:
     """What the record says about the hardware the run used."""
     info: dict[str, object] = {"type": device.split(":")[0], "cpu": cpu_name(),

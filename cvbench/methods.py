@@ -171,7 +171,7 @@ def register_method(name: str, family: str = "classical", description: str = "")
     def deco(obj):
         if name in _METHODS and _METHODS[name].build is not obj:
             raise ValueError(f"method {name!r} registered twice ({_METHODS[name].build} and {obj})")
-        doc = description or (inspect.getdoc(obj) or "").split("\n")[0]
+        doc = description or " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())  # 1st paragraph
 
         def build(**params):
             method = obj(**params)
