@@ -37,14 +37,15 @@ def git_revision() -> str:
     """HEAD of the source checkout, with '+dirty' when tracked files other than the committed
     leaderboard (records and pages: the outputs of runs, not their code) have changes."""
     root = repo_root()
+    wait = 120  # a guard against a hung git, not a deadline: on a busy machine `git status` is slow
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
+                             capture_output=True, text=True, timeout=wait).stdout.strip()
         if not rev:
             return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 ":(exclude)leaderboard"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=wait).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
