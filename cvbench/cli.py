@@ -47,7 +47,8 @@ def cmd_list(args) -> int:
 
     print(f"Tasks (data root: {_root(args)}):")
     for t in list_tasks():
-        found = "data found" if t.has_data(args.data_dir) else f"no data (expected {t.data_path(args.data_dir)})"
+        state = t.data_state(args.data_dir)
+        found = f"no data (expected {t.data_path(args.data_dir)})" if state == "missing" else f"data {state}"
         print(f"  {t.name:<12} {t.title}  [{found}]")
     print("\nMethods:")
     from importlib.metadata import entry_points
@@ -78,15 +79,21 @@ def cmd_data(args) -> int:
 
     task = get_task(args.task)
     if args.action == "where":
-        path = task.data_path(args.data_dir)
-        print(f"{task.name}: {path} ({'present' if path.is_dir() else 'missing'})")
+        print(f"{task.name}: {task.data_path(args.data_dir)} ({task.data_state(args.data_dir, read=True)})")
         print(f"expected layout: {task.layout}")
         return 0
     if args.action == "check":
-        from .data.check import check_splits, format_report
+        from .data.check import check_splits, format_report, format_scan, scan_folder
 
-        train, test = task.load_splits(args.data_dir, skip_bad=False)
-        report = check_splits([train, test], progress=not args.no_progress)
+        present = task.folder and task.data_state(args.data_dir) != "missing"
+        scan = scan_folder(task.data_path(args.data_dir)) if present else None
+        try:
+            train, test = task.load_splits(args.data_dir, skip_bad=False)
+        except UserError:
+            for line in format_scan(scan) if scan else []:  # what the walk found, then why
+                print(line)
+            raise
+        report = check_splits([train, test], progress=not args.no_progress, folder=scan)
         print(format_report(report))
         return 0 if report.ok else 1
     if args.action == "fetch":
@@ -104,8 +111,12 @@ def cmd_data(args) -> int:
 
 def _render(args) -> Path:
     from .leaderboard import render_all
+    from .paths import leaderboard_dir
+    from .plan import check_writable_folder
 
-    return render_all(Path(args.leaderboard) if getattr(args, "leaderboard", None) else None)
+    root = Path(args.leaderboard) if getattr(args, "leaderboard", None) else None
+    check_writable_folder(root or leaderboard_dir(), "the leaderboard folder")
+    return render_all(root)
 
 
 def cmd_suite(args) -> int:
@@ -135,15 +146,19 @@ def cmd_suite(args) -> int:
     return 0
 
 
-def _result_line(rec) -> str:
+def _result_line(rec, set_keys=()) -> str:
+    """One run's result: the parameters the command line set (`set_keys`) and the swept
+    ones, its conditions, metrics, times and the images --skip-bad left out."""
+    from .run import skipped_note
+
     m = rec.metrics
     extra = "".join(f", {k} {m[k]:.4f}" for k in ("qwk", "map5", "top5_accuracy") if k in m)
     ci = rec.interval("accuracy") or (0.0, 0.0)
-    point = {**{k: rec.params.get(k) for k in rec.sweep if k in rec.params},
+    point = {**{k: rec.params.get(k) for k in [*set_keys, *rec.sweep] if k in rec.params},
              **rec.conditions}
     return (f"{rec.task} {rec.method} {point or ''}: accuracy {m['accuracy']:.4f} "
             f"[{ci[0]:.4f}, {ci[1]:.4f}]{extra}; fit {rec.timings['fit_s']:.2f} s, "
-            f"predict {rec.timings['predict_s']:.2f} s")
+            f"predict {rec.timings['predict_s']:.2f} s{skipped_note(rec)}")
 
 
 def _show(task_name: str, root: Path) -> None:
@@ -167,8 +182,12 @@ def _show(task_name: str, root: Path) -> None:
 def _block(args, params: dict, conditions: dict | None = None):
     """The command line's method, parameters, conditions and seed as one block (the same
     expansion as a suite's [[run]] table)."""
-    from .plan import Block
+    from .plan import Block, check_seed
+    from .suite import _label_ok
 
+    check_seed(args.seed)
+    if args.label is not None and not _label_ok(args.label):
+        raise UserError(f"--label must be one line of printable text, got {args.label!r}")
     return Block(method=args.method, label=args.label or args.method, params=params,
                  conditions=conditions or {}, seeds=[args.seed])
 
@@ -181,7 +200,7 @@ def cmd_run(args) -> int:
     block = _block(args, parse_sets(args.set), parse_sets(args.condition))
     plan = plan_runs(args.task, expand([block]), options, log=lambda m: None)
     report = execute(plan, options, on_record=lambda rec: print(
-        _result_line(rec) + ("" if options.save else " (not saved)")))
+        _result_line(rec, block.params) + ("" if options.save else " (not saved)")))
     if options.save:
         _render(args)
     return 1 if report.failed else 0
@@ -208,14 +227,15 @@ def cmd_eval(args) -> int:
     block = _block(args, parse_sets(args.set))
     rows = []
     for task in tasks:
-        if not task.has_data(args.data_dir):
-            print(f"{task.name}: skipped (no data at {task.data_path(args.data_dir)})")
+        state = task.data_state(args.data_dir)
+        if state != "found":
+            print(f"{task.name}: skipped (data {state} at {task.data_path(args.data_dir)})")
             continue
         plan = plan_runs(task, expand([block]), options, log=lambda m: None)
         done: list = []
         execute(plan, options, on_record=done.append)
         for rec in done:
-            print(_result_line(rec))
+            print(_result_line(rec, block.params))
         if not done:
             continue
         rec = done[0]
@@ -332,26 +352,45 @@ def cmd_records(args) -> int:
     return 1 if problems else 0
 
 
+class _Version(argparse.Action):
+    """--version: the package version and the checkout's git revision (looked up only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__, env
+
+        print(f"cvbench {__version__} (git revision {env.git_revision()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cvbench", description=__doc__)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data root (default: $CVBENCH_DATA or ~/.cache/cvbench/data)")
-    common.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    common.add_argument("--jobs", type=int, default=None, help="parallel jobs for feature extraction")
-    common.add_argument("--skip-bad", action="store_true",
-                        help="skip undecodable images (counted in the record) instead of stopping")
-    common.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--version", action=_Version, help="print the version and the git revision, then exit")
+    data = argparse.ArgumentParser(add_help=False)  # each subcommand takes only what it uses
+    data.add_argument("--data-dir", help="data root (default: $CVBENCH_DATA or ~/.cache/cvbench/data)")
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument("--no-progress", action="store_true", help="no progress bars")
+    running = argparse.ArgumentParser(add_help=False, parents=[data, progress])
+    running.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    running.add_argument("--jobs", type=int, default=None,
+                         help="worker processes for decoding and feature extraction: 1 to 256, or -1 "
+                              "for every core (default: the method's own)")
+    running.add_argument("--skip-bad", action="store_true",
+                         help="skip undecodable images (counted in the record) instead of stopping")
+    seed_help = "seed of the run, an integer >= 0 (default 0); tasks that draw their split draw it with it"
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", parents=[common], help="tasks, methods, and whether data was found").set_defaults(fn=cmd_list)
+    sub.add_parser("list", parents=[data], help="tasks, methods, and whether data was found").set_defaults(fn=cmd_list)
 
-    d = sub.add_parser("data", parents=[common], help="where the data is, check it, fetch it")
+    d = sub.add_parser("data", parents=[data, progress], help="where the data is, check it, fetch it")
     d.add_argument("action", choices=["where", "check", "fetch", "fixture"])
     d.add_argument("task")
     d.add_argument("dest", nargs="?", help="destination folder (fixture only)")
     d.set_defaults(fn=cmd_data)
 
-    s = sub.add_parser("suite", parents=[common], help="run a task's suite (resumes; skips recorded runs)")
+    s = sub.add_parser("suite", parents=[running], help="run a task's suite (resumes; skips recorded runs)")
     s.add_argument("task")
     s.add_argument("--only", help="only the runs of this method (or block label)")
     s.add_argument("--quick", action="store_true", help="small subset and the suite's quick overrides")
@@ -363,31 +402,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show", action="store_true", help="print every method's result when done")
     s.set_defaults(fn=cmd_suite)
 
-    r = sub.add_parser("run", parents=[common], help="run one method on one task")
+    r = sub.add_parser("run", parents=[running], help="run one method on one task")
     r.add_argument("task")
     r.add_argument("method")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
     r.add_argument("--condition", action="append", metavar="NAME=VALUE",
                    help="a task condition, e.g. composition=biased (repeatable; lists sweep)")
     r.add_argument("--leaderboard", help="write records and pages here instead of leaderboard/")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help=seed_help)
     r.add_argument("--label", help="label for the leaderboard (default: the method name)")
     r.add_argument("--quick", action="store_true", help="small per-class subset of the data")
     r.add_argument("--no-save", action="store_true", help="print the result without recording it")
     r.set_defaults(fn=cmd_run)
 
-    e = sub.add_parser("eval", parents=[common],
+    e = sub.add_parser("eval", parents=[running],
                        help="run one method on every task into a private leaderboard, beside the committed one")
     e.add_argument("method")
     e.add_argument("--tasks", default="all", help="'all' or a comma-separated list")
     e.add_argument("--leaderboard", help="private leaderboard folder (required)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help=seed_help)
     e.add_argument("--label", help="label for the pages (default: the method name)")
     e.add_argument("--quick", action="store_true", help="small per-class subsets")
     e.set_defaults(fn=cmd_eval)
 
-    t = sub.add_parser("tune", parents=[common],
+    t = sub.add_parser("tune", parents=[running],
                        help="score a method's sweep on a validation carve of train (never the test split)")
     t.add_argument("task")
     t.add_argument("method")
@@ -404,18 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=".cache/tune", help="folder for the table and figure (default .cache/tune)")
     t.set_defaults(fn=cmd_tune)
 
-    rr = sub.add_parser("rerun", parents=[common],
+    rr = sub.add_parser("rerun", parents=[running],
                         help="re-run one record from its stored specification and compare its metric")
     rr.add_argument("key", help="the record's run key (a unique prefix is enough)")
     rr.add_argument("--leaderboard", help="leaderboard folder holding the record (default: leaderboard/)")
     rr.add_argument("--save", action="store_true", help="replace the stored record with the new run")
     rr.set_defaults(fn=cmd_rerun)
 
-    lb = sub.add_parser("leaderboard", parents=[common], help="re-render leaderboard pages from records")
+    lb = sub.add_parser("leaderboard", help="re-render leaderboard pages from records")
     lb.add_argument("--leaderboard", help="leaderboard folder (default: leaderboard/)")
     lb.set_defaults(fn=cmd_leaderboard)
 
-    rc = sub.add_parser("records", parents=[common], help="check the record files, or migrate them to the current schema")
+    rc = sub.add_parser("records", help="check the record files, or migrate them to the current schema")
     rc.add_argument("action", choices=["check", "migrate"])
     rc.add_argument("--leaderboard", help="leaderboard folder (default: leaderboard/)")
     rc.set_defaults(fn=cmd_records)

@@ -37,14 +37,15 @@ def git_revision() -> str:
     """HEAD of the source checkout, with '+dirty' when tracked files other than the committed
     leaderboard (records and pages: the outputs of runs, not their code) have changes."""
     root = repo_root()
+    wait = 120  # a guard against a hung git, not a deadline: on a busy machine `git status` is slow
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
-                             capture_output=True, text=True, timeout=5).stdout.strip()
+                             capture_output=True, text=True, timeout=wait).stdout.strip()
         if not rev:
             return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 ":(exclude)leaderboard"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=wait).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -105,6 +106,27 @@ def _may_have_accelerator() -> bool:
 
     return (sys.platform == "darwin" or Path("/proc/driver/nvidia").exists()
             or any(Path("/dev").glob("nvidia*")) or Path("/dev/kfd").exists())
+
+
+def check_device(device: str) -> None:
+    """A GPU named with --device is one this machine has (UserError otherwise), so a deep run
+    fails before its data is decoded, not in its fit."""
+    if not (device.startswith("cuda") or device == "mps"):
+        return
+    import torch
+
+    if device == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        ok, what = backend is not None and backend.is_available(), "Apple MPS"
+    else:
+        _, _, index = device.partition(":")
+        ok = torch.cuda.is_available() and (not index or (index.isdigit() and int(index) < torch.cuda.device_count()))
+        what = f"CUDA device {index}" if index else "CUDA"
+    if not ok:
+        from .errors import UserError
+
+        raise UserError(f"--device {device}: {what} is not available on this machine; "
+                        f"use --device cpu or --device auto")
 
 
 def device_info(device: str) -> dict[str, object]:

@@ -16,8 +16,15 @@ class DataError(UserError):
 
 
 class BadImageError(DataError):
-    """One image file could not be decoded; carries the path."""
+    """One image file could not be decoded; carries the path. `skippable`: --skip-bad skips
+    it (an image of a split), so the message suggests that."""
 
-    def __init__(self, path, reason: str = ""):
+    def __init__(self, path, reason: str = "", skippable: bool = True):
         self.path = str(path)
-        super().__init__(f"cannot decode image {self.path}" + (f": {reason}" if reason else ""))
+        self.reason = reason
+        self.skippable = skippable
+        super().__init__(f"cannot decode image {self.path}" + (f": {reason}" if reason else "")
+                         + ("; --skip-bad skips such images (counted in the record)" if skippable else ""))
+
+    def __reduce__(self):  # rebuilt from its fields when it crosses a process (joblib)
+        return type(self), (self.path, self.reason, self.skippable)

@@ -4,6 +4,8 @@ PNG with alpha. Large photographs can be decoded at reduced size (JPEG draft mod
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +14,35 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImageError
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # fundus photographs reach 18 Mpx; guard only true bombs
+MAX_PIXELS = 200_000_000  # fundus photographs reach 18 Mpx; guard only true bombs
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL warns above it and refuses above twice it; see open_image
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+_OPEN_LOCK = threading.Lock()  # warnings.catch_warnings is process-wide, not per thread
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """`Image.open`, refusing an image whose header claims more than MAX_PIXELS pixels
+    (BadImageError, before any pixel is decoded). PIL itself only warns between its limit and
+    twice it; that warning is silenced here, since the size check replaces it."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise BadImageError(path, f"refused: its header claims more than twice cvbench's limit of "
+                                  f"{MAX_PIXELS:,} pixels (a decompression bomb?)") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise BadImageError(path, f"refused: its header claims {w} x {h} = {w * h:,} pixels, over "
+                                  f"cvbench's limit of {MAX_PIXELS:,} (a decompression bomb?)")
+    return im
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -49,7 +72,7 @@ def load_image(
     if mode not in ("gray", "rgb"):
         raise ValueError(f"mode must be 'gray' or 'rgb', got {mode!r}")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if max_side is not None and im.format == "JPEG":
                 im.draft("RGB" if mode == "rgb" else "L", (max_side, max_side))
             im.load()
@@ -64,8 +87,6 @@ def load_image(
                 size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
                 im = im.resize(size, Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8).copy()
-    except Image.DecompressionBombError as exc:  # a header claiming an absurd size
-        raise BadImageError(path, f"refused: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, str(exc) or type(exc).__name__) from None
 

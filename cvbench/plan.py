@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from . import env
 from .conditions import apply_train, split_conditions
 from .errors import UserError
 from .methods import Method, create_method, key_params
+from .paths import leaderboard_dir
 from .results import completed_keys, run_key
 from .split import Split, carve_validation, drop_unreadable, per_class_limit
 from .tasks import Task, get_task
@@ -224,10 +227,46 @@ def check_conditions(task: Task, conditions: dict[str, Any]) -> None:
         known[name].validate(value, task.name)
 
 
+MAX_JOBS = 256  # the most worker processes --jobs asks for (-1: every core, as joblib reads it)
+
+
+def check_seed(seed: Any) -> None:
+    """A run's seed is an integer >= 0 (numpy's generators refuse negative seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed {seed!r} is not valid: expected an integer >= 0 (--seed, or a suite's seeds)")
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """`folder` is a folder that exists and takes a new file, or can be created: checked by
+    creating (and removing) a file in it or in its nearest existing parent, so a read-only
+    mount or missing permission fails here, before any fit, not when the result is written."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        if probe.is_symlink():  # a dangling link: mkdir would fail on it
+            raise UserError(f"{what} {folder} cannot be created: {probe} is a broken link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {folder} is not a folder: {probe} is a file; give a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".cvbench-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        verb = "is not writable" if probe == folder else f"cannot be created in {probe}"
+        raise UserError(f"{what} {folder} {verb} ({(exc.strerror or type(exc).__name__).lower()}); "
+                        f"give a folder you can write") from None
+
+
 def check_options(options: RunOptions) -> None:
-    """What can be checked of the options before any data is read."""
-    if options.n_jobs is not None and options.n_jobs < 1:
-        raise UserError(f"--jobs must be a positive number of processes, got {options.n_jobs}")
+    """What can be checked of the options before any data is read: --jobs, and that the
+    leaderboard folder a saving run writes can be written."""
+    jobs = options.n_jobs
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int)
+                             or not (jobs == -1 or 1 <= jobs <= MAX_JOBS)):
+        raise UserError(f"--jobs must be -1 (every core) or a number of processes from 1 to "
+                        f"{MAX_JOBS}, got {jobs!r}")
+    if options.save and env.is_main_process():
+        check_writable_folder(options.root or leaderboard_dir(), "the leaderboard folder")
 
 
 def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
@@ -247,6 +286,7 @@ def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
     specs = [s for s in specs if s not in skipped]
     known = task.conditions
     for spec in specs:  # before any data is read
+        check_seed(spec.seed)
         check_conditions(task, spec.conditions)
         spec.conditions = {k: v for k, v in spec.conditions.items()  # a neutral value is no condition
                            if known[k].neutral is None or v != known[k].neutral}
@@ -271,6 +311,8 @@ def plan_runs(task: Task | str, specs: list[RunSpec], options: RunOptions,
         method.validate({"n_train": len(group.train)})
         if not any(r.key == key for r in group.runs):
             group.runs.append(PlannedRun(spec, key, key in done))
+    if any("device" in g.method.get_params(deep=False) for g in groups.values()):
+        env.check_device(device)
     train, test = next(iter(data.values()))
     more = f" (x{len(data)} seeded splits)" if len(data) > 1 else ""
     log(f"{task.name}: train {len(train)} / test {len(test)} images{more} "

@@ -8,20 +8,24 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import cache, env
+from .atomic import atomic_write_text
 from .conditions import apply_test, apply_train, split_conditions
 from .derived import with_augmented_copy
 from .errors import UserError
 from .methods import Method, Scores, full_params, method_facts
+from .paths import cache_dir
 from .plan import (
     FitGroup,
     Plan,
@@ -33,7 +37,7 @@ from .plan import (
     training_split,
     validation_carve,
 )
-from .results import RunRecord, append_record
+from .results import RunRecord, append_record, results_path
 from .split import Split
 from .tasks import Task, get_task
 
@@ -79,7 +83,7 @@ def execute(plan: Plan, options: RunOptions, report: SuiteReport | None = None, 
                     primary = record.metric(plan.task.primary)
                     bar.write(f"  {record.label} {_point(record)}: {plan.task.primary} "
                               f"{primary if primary is not None else float('nan'):.4f} "
-                              f"({record.run_seconds:.1f} s)")
+                              f"({record.run_seconds:.1f} s{skipped_note(record)})")
         except UserError:
             raise
         except Exception as exc:  # one broken run must not lose a long suite
@@ -91,6 +95,12 @@ def execute(plan: Plan, options: RunOptions, report: SuiteReport | None = None, 
     bar.close()
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def skipped_note(record: RunRecord) -> str:
+    """", N bad images skipped" when --skip-bad left images out of the run, else ""."""
+    n = int(record.data.get("bad_images_skipped", 0) or 0)
+    return f", {n} bad image{'s' if n != 1 else ''} skipped" if n else ""
 
 
 def _point(record: RunRecord) -> str:
@@ -147,9 +157,41 @@ def run_group(plan: Plan, group: FitGroup, runs: list[PlannedRun], options: RunO
         if augment:
             record.data["train_augment"] = augment
         if options.save and env.is_main_process():
-            append_record(record, options.root)
+            save_record(record, options.root)
         records.append(record)
     return records
+
+
+def save_record(record: RunRecord, root) -> None:
+    """Append the record; if that fails after the work is done (a full disk, a folder made
+    read-only meanwhile), keep the record in a recovery file and say which (UserError)."""
+    try:
+        append_record(record, root)
+    except OSError as exc:
+        target = results_path(record.task, root)
+        why = (exc.strerror or type(exc).__name__).lower()
+        line = record.to_json() + "\n"
+        for folder in _recovery_folders():
+            rescue = folder / f"cvbench-recovered-{record.task}-{record.key}.jsonl"
+            try:
+                atomic_write_text(rescue, line)
+            except OSError:
+                continue
+            raise UserError(f"could not append the record of {record.label} to {target} ({why}); "
+                            f"it is saved in {rescue}: once {target.parent} can be written, "
+                            f"append it with `cat {rescue} >> {target}`") from None
+        raise UserError(f"could not append the record of {record.label} to {target} ({why}), "
+                        f"nor save it in a recovery file; the record: {line}") from None
+
+
+def _recovery_folders() -> list[Path]:
+    """Where a record that could not be appended is kept: the cache, else the temp folder."""
+    folders = [Path(tempfile.gettempdir())]
+    try:
+        folders.insert(0, cache_dir("recovered"))
+    except OSError:
+        pass
+    return folders
 
 
 def _record(task: Task, base: tuple[Split, Split], run: PlannedRun, method: Method, train: Split,
@@ -365,7 +407,8 @@ def run_suite(task_name: str, options: RunOptions, only: str | None = None, path
     if only and not specs:
         names = sorted({b.method for b in suite.blocks} | {b.label for b in suite.blocks})
         raise UserError(f"suite {suite.path.name} has no run {only!r}; it has: {', '.join(names)}")
-    plan = plan_runs(task, specs, options, gpu_blocks=suite.gpu_blocks, log=log)
+    plan = plan_runs(task, specs, replace(options, save=False) if dry_run else options,
+                     gpu_blocks=suite.gpu_blocks, log=log)
     select_on_validation(plan, suite.blocks, options, log=log, dry_run=dry_run)
     report = SuiteReport(task=task.name, skipped_gpu=len(plan.skipped_gpu))
     if dry_run:

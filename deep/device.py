@@ -37,17 +37,19 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
+            raise UserError(f"device {device!r} requested but CUDA is not available here; use --device cpu "
+                            f"or --device auto (or device = \"cpu\" in --set or a suite's params)")
         if name == "cuda":
             return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         return torch.device(name)
     if name == "mps":
         if not _mps_available():
-            raise UserError("device 'mps' requested but Apple MPS is not available; use 'cpu' or 'auto'")
+            raise UserError("device 'mps' requested but Apple MPS is not available here; use --device cpu "
+                            "or --device auto (or device = \"cpu\" in --set or a suite's params)")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise UserError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    raise UserError(f"unknown device {device!r}; expected --device auto, cpu, cuda, cuda:N or mps")
 
 
 def _mps_available() -> bool:

@@ -92,16 +92,27 @@ def _run(task: str, root: Path, *extra: str) -> int:
 
 
 # ---------------------------------------------------------------- images through every reader
-@pytest.mark.parametrize("task", FILE_TASKS)
-@pytest.mark.parametrize("kind", ["truncated", "bomb"])
-def test_a_bad_image_exits_2_naming_it_and_skip_bad_counts_it(task, kind, tmp_path, capsys):
+BAD_IMAGES = {"truncated": truncated_jpeg, "bomb": png_bomb,
+              "bomb-400mpx": lambda: png_bomb(20000)}  # between PIL's warning and its error
+
+
+@pytest.mark.parametrize("task, kind", [(t, k) for k in BAD_IMAGES for t in FILE_TASKS
+                                         # one decoder gate (images.open_image): the 400-Mpx bomb
+                                         # through a listing reader and the one that screens
+                                         if k != "bomb-400mpx" or t in ("scene15", "retinopathy")])
+def test_a_bad_image_exits_2_naming_it_and_skip_bad_counts_it(task, kind, tmp_path, capsys, recwarn):
     folder = task_folder(task, tmp_path)
     victim = an_image_file(folder)
-    victim.write_bytes(truncated_jpeg() if kind == "truncated" else png_bomb())
+    victim.write_bytes(BAD_IMAGES[kind]())
     assert _run(task, tmp_path) == 2
     err = capsys.readouterr().err
     assert victim.name in err and "Traceback" not in err and err.count("\n") == 1
+    assert "--skip-bad skips such images" in err
+    if kind.startswith("bomb"):
+        assert "over cvbench's limit of 200,000,000" in err or "twice cvbench's limit" in err
     assert _run(task, tmp_path, "--skip-bad") == 0
+    assert "1 bad image skipped" in capsys.readouterr().out  # the run's console line
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
     (rec,) = load_records(task)
     assert rec.data["bad_images_skipped"] == 1
     named = json.dumps([rec.data["train"], rec.data["test"]])
@@ -185,7 +196,12 @@ def test_a_truncated_descriptor_store_is_rebuilt(tmp_path, capsys):
     (["run", "demo", "tiny-knn", "--set", "k=5000"], "at most the training set's size (n_train = 1198)"),
     (["run", "demo", "tiny-knn", "--set", "size=100000"], "size = 100000 is not valid"),
     (["run", "demo", "tiny-knn", "--set", "k=[]"], "sweep k = [] is empty"),
-    (["run", "demo", "tiny-knn", "--jobs", "0"], "--jobs must be a positive number"),
+    (["run", "demo", "tiny-knn", "--jobs", "0"], "--jobs must be -1 (every core) or a number of processes from 1 to 256, got 0"),
+    (["run", "demo", "tiny-knn", "--jobs", "-2"], "got -2"),
+    (["run", "demo", "tiny-knn", "--jobs", "100000"], "got 100000"),
+    (["run", "demo", "tiny-knn", "--seed", "-5"], "seed -5 is not valid: expected an integer >= 0"),
+    (["tune", "demo", "tiny-knn", "--seed", "-5"], "seed -5 is not valid"),
+    (["run", "demo", "tiny-knn", "--label", "two\nlines"], "--label must be one line of printable text, got 'two\\nlines'"),
 ])
 def test_bad_parameters_exit_2_in_one_sentence(argv, message, capsys):
     assert cli.main([*argv, "--no-progress"]) == 2
@@ -213,12 +229,18 @@ def test_bad_suites_exit_2_before_anything_runs(tmp_path, capsys, body, message)
     assert "not UTF-8" in capsys.readouterr().err
 
 
-def test_data_check_exits_nonzero_when_it_finds_problems(tmp_path, capsys):
+def test_data_check_exits_nonzero_when_it_finds_problems(tmp_path, capsys, recwarn):
     folder = scene15_folder(tmp_path)
-    assert cli.main(["data", "check", "scene15", "--data-dir", str(tmp_path), "--no-progress"]) == 0
-    an_image_file(folder).write_bytes(truncated_jpeg())
-    assert cli.main(["data", "check", "scene15", "--data-dir", str(tmp_path), "--no-progress"]) == 1
-    assert "PROBLEMS FOUND" in capsys.readouterr().out
+    argv = ["data", "check", "scene15", "--data-dir", str(tmp_path), "--no-progress"]
+    assert cli.main(argv) == 0
+    truncated, bomb = sorted(p for p in folder.rglob("*.jpg"))[:2]
+    truncated.write_bytes(truncated_jpeg())
+    bomb.write_bytes(png_bomb(20000))
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEMS FOUND" in out and "2 unreadable" in out and f"{truncated}: " in out
+    assert f"{bomb}: refused: its header claims 20000 x 20000 = 400,000,000 pixels" in out
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 @pytest.mark.parametrize("pixel, label, message", [(999, 3, "pixel value 999"), (12, 42, "label 42")])
@@ -283,3 +305,128 @@ def test_labels_that_slug_alike_get_distinct_figures():
                          "--no-progress"]) == 0
     figures = sorted((leaderboard_dir() / "figures" / "demo").glob("run-a-*-confusion.png"))
     assert len(figures) == 2
+
+
+# ---------------------------------------------------------------- unreadable folders, broken links
+@pytest.mark.parametrize("task", FILE_TASKS)
+def test_an_unreadable_folder_exits_2_naming_it(task, tmp_path, capsys, unreadable):
+    folder = unreadable(an_image_file(task_folder(task, tmp_path)).parent)
+    for argv in (["run", task, "tiny-knn", "--set", "size=8"], ["data", "check", task]):
+        assert cli.main([*argv, "--data-dir", str(tmp_path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read folder {folder} " in err and "permission denied" in err
+        assert "Traceback" not in err and err.count("\n") == 1
+    assert load_records(task) == []
+
+
+def test_a_folder_that_cannot_be_listed_is_one_sentence_as_root_too(tmp_path, capsys, monkeypatch):
+    """The path of the chmod test above, where root ignores modes: a listing that raises
+    PermissionError."""
+    folder = an_image_file(scene15_folder(tmp_path)).parent
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert _run("scene15", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read folder {folder} of the scene15 data (permission denied)" in err
+    assert err.count("\n") == 1
+
+
+def test_an_unusable_data_folder_is_found_unusable_in_list_and_where(tmp_path, capsys, unreadable):
+    (tmp_path / "scene15").mkdir()
+    (tmp_path / "scene15" / ".DS_Store").write_bytes(b"")
+    (tmp_path / "cifar10").write_text("not a folder")
+    unreadable(task_folder("hotelid", tmp_path))
+    assert cli.main(["list", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"[data found, unusable: {tmp_path / 'scene15'} is empty]" in out
+    assert f"[data found, unusable: {tmp_path / 'cifar10'} is not a folder]" in out
+    assert f"[data found, unusable: {tmp_path / 'hotelid'} cannot be read (permission denied)]" in out
+    assert f"[no data (expected {tmp_path / 'fairface'})]" in out
+    for task, why in (("scene15", "is empty"), ("hotelid", "cannot be read (permission denied)")):
+        assert cli.main(["data", "where", task, "--data-dir", str(tmp_path)]) == 0
+        assert f"(found, unusable: {tmp_path / task} {why})" in capsys.readouterr().out
+    assert _run("hotelid", tmp_path) == 2
+    assert f"no usable data for task 'hotelid': {tmp_path / 'hotelid'} cannot be read" in capsys.readouterr().err
+
+
+def test_data_check_counts_and_names_symlink_loops_and_unreadable_folders(tmp_path, capsys, unreadable):
+    folder = scene15_folder(tmp_path)
+    (folder / "train" / "Coast" / "loop_a.jpg").symlink_to("loop_b.jpg")
+    (folder / "train" / "Coast" / "loop_b.jpg").symlink_to("loop_a.jpg")
+    (folder / "test" / "Forest" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "extras").mkdir()
+    stray = unreadable(folder / "extras")  # not read by the reader, found by the walk
+    argv = ["data", "check", "scene15", "--data-dir", str(tmp_path), "--no-progress"]
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "BROKEN links (symlink loops or missing targets): 3" in out
+    assert f"{folder / 'train' / 'Coast' / 'loop_a.jpg'}: symlink loop" in out
+    assert f"{folder / 'test' / 'Forest' / 'gone.jpg'}: link to a missing target" in out
+    assert f"UNREADABLE folders: 1\n    {stray}: permission denied" in out
+    assert "1 unreadable folders, 3 broken links: PROBLEMS FOUND" in out
+
+
+# ---------------------------------------------------------------- checked before the fit, kept after it
+def test_a_leaderboard_that_cannot_be_written_fails_before_the_fit(tmp_path, capsys, unreadable):
+    a_file = tmp_path / "board.md"
+    a_file.write_text("")
+    (tmp_path / "ro").mkdir()
+    read_only = unreadable(tmp_path / "ro", 0o555)
+    cases = [(["run", "demo", "tiny-knn", "--leaderboard", str(a_file)],
+              f"the leaderboard folder {a_file} is not a folder: {a_file} is a file"),
+             (["run", "demo", "tiny-knn", "--leaderboard", str(a_file / "sub")],
+              f"the leaderboard folder {a_file / 'sub'} is not a folder: {a_file} is a file"),
+             (["suite", "demo", "--only", "tiny-knn", "--quick", "--leaderboard", str(read_only)],
+              f"the leaderboard folder {read_only} is not writable (permission denied)"),
+             (["run", "demo", "tiny-knn", "--leaderboard", str(read_only / "new")],
+              f"the leaderboard folder {read_only / 'new'} cannot be created in {read_only}"),
+             (["leaderboard", "--leaderboard", str(a_file)], f"{a_file} is a file")]
+    for argv, message in cases:
+        assert cli.main(argv + ["--no-progress"] * (argv[0] != "leaderboard")) == 2
+        out, err = capsys.readouterr()
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
+        assert "accuracy" not in out and "run failed" not in out  # nothing was fitted
+    assert sorted(p.name for p in read_only.iterdir()) == []
+
+
+def test_a_record_that_cannot_be_appended_is_kept_in_a_recovery_file(tmp_path, capsys, monkeypatch):
+    from cvbench import run
+    from cvbench.results import RunRecord
+
+    def disk_full(record, root=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run, "append_record", disk_full)
+    assert cli.main(["run", "demo", "tiny-knn", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "could not append the record of tiny-knn to" in err and "(no space left on device)" in err
+    rescue = Path(err.split("it is saved in ", 1)[1].split(":", 1)[0])
+    (line,) = rescue.read_text().splitlines()
+    rec = RunRecord.from_json(json.loads(line))
+    assert rec.method == "tiny-knn" and rec.metrics["accuracy"] > 0.5
+    assert f"cat {rescue} >> " in err and err.count("\n") == 1
+
+
+def test_jobs_minus_one_means_every_core():
+    from cvbench.plan import RunOptions, RunSpec, plan_runs
+
+    plan = plan_runs("demo", [RunSpec("tiny-knn")], RunOptions(n_jobs=-1, save=False), log=lambda m: None)
+    assert plan.groups[0].method.n_jobs == -1  # joblib's "every core", as --help says
+
+
+def test_a_gpu_the_machine_lacks_is_named_by_its_flag_before_the_fit(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["run", "demo", "cnn", "--device", "cuda", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: CUDA is not available on this machine; use --device cpu or --device auto" in err
+    assert err.count("\n") == 1 and load_records("demo") == []
+    assert cli.main(["run", "demo", "cnn", "--set", "device=cuda", "--set", "epochs=1", "--no-progress"]) == 2
+    assert "use --device cpu or --device auto" in capsys.readouterr().err  # set as a parameter: said in the fit

@@ -116,7 +116,7 @@ def test_a_bad_sweep_point_fails_before_any_run(capsys):
     captured = capsys.readouterr()
     assert "parameter k = True is not valid" in captured.err and "demo tiny-knn" not in captured.out
     assert cli.main(["run", "demo", "tiny-knn", "--jobs", "0", "--no-save"]) == 2
-    assert "--jobs must be a positive number" in capsys.readouterr().err
+    assert "--jobs must be -1 (every core) or a number of processes from 1 to 256, got 0" in capsys.readouterr().err
 
 
 def test_param_specs_reject_bools_as_numbers_and_name_the_limit():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -159,17 +158,12 @@ def test_combined_backbones_concatenate(tiny, tmp_path):
 
 # ---- torchrun: two gloo processes on the CPU ------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, root: str) -> None:
     from pathlib import Path
 
+    # the store is the parent's (as torchrun's agent holds it): no rank binds a port
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True",
                       CVBENCH_CACHE=str(Path(root) / "cache-dist"))
     import torch.distributed as dist
 
@@ -190,8 +184,13 @@ def test_torchrun_sharding_equals_single_process(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the two ranks
     single, _ = embed_split(tiny, NAME, cache=False, progress=False)
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+    # The rendezvous store listens on a port the OS picked and stays bound until the ranks are
+    # done: a port found free and then released could be taken by another process (another
+    # checkout's test run) before rank 0 bound it, under load seconds later.
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.start_processes(_rank_main, args=(2, store.port, str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)
+    del store
     for rank in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), single)
         assert int(np.load(tmp_path / f"extracted{rank}.npy")[0]) == 6  # half each

@@ -435,6 +435,7 @@ def test_zoo_model_trains_through_registry():
 
 # ------------------------------------------------------------------- torchrun (DDP, gloo)
 
+HANG_S = 1800  # a process that has not finished by then hangs; a busy machine is slow, not wrong
 DDP_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, torch
     from torch import nn
@@ -463,11 +464,15 @@ def test_torchrun_two_processes_match_one(tmp_path):
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=29533", str(script), str(tmp_path / "two.pt")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    # --standalone: the rendezvous store binds a port the OS picks (localhost:0). A fixed
+    # --master_port collided (EADDRINUSE) when another checkout on the machine ran this test at
+    # the same time. The timeouts only catch a hang: three copies of this test side by side on
+    # two busy cores took 95 s each.
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(script), str(tmp_path / "two.pt")], env=env,
+                         capture_output=True, text=True, timeout=HANG_S)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "world 2" in two.stdout
     a = torch.load(tmp_path / "one.pt", weights_only=True)

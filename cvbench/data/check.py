@@ -8,7 +8,9 @@ In-memory splits (uint8 arrays) are checked for identical pixel rows instead.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,11 +69,65 @@ class SplitCheck:
 
 
 @dataclass
+class FolderScan:
+    """What a walk of the data folder found that no reader lists: folders that cannot be
+    read, and links that lead nowhere (symlink loops, missing targets)."""
+
+    unreadable_dirs: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    broken_links: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreadable_dirs and not self.broken_links
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "link to a missing target"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def scan_folder(root: str | os.PathLike) -> FolderScan:
+    """Walk `root` (following links to folders, each folder once) for folders that cannot
+    be listed and links that cannot be followed."""
+    scan = FolderScan()
+    seen: set[tuple[int, int]] = set()
+    todo = [str(root)]
+    while todo:
+        folder = todo.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            scan.unreadable_dirs.append((folder, _reason(exc)))
+            continue
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    os.stat(e.path)  # follows the link: ELOOP or ENOENT when it leads nowhere
+                if e.is_dir():
+                    todo.append(e.path)
+            except OSError as exc:
+                scan.broken_links.append((e.path, _reason(exc)))
+    scan.unreadable_dirs.sort()
+    scan.broken_links.sort()
+    return scan
+
+
+@dataclass
 class CheckReport:
-    """Result of `check_splits`: one SplitCheck per split plus the duplicate sets found."""
+    """Result of `check_splits`: one SplitCheck per split plus the duplicate sets found, and
+    what the walk of the data folder found (`scan_folder`), when one was made."""
 
     splits: list[SplitCheck]
     duplicates: list[DuplicateSet]
+    folder: FolderScan = field(default_factory=FolderScan)
 
     @property
     def total(self) -> int:
@@ -91,8 +147,10 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        """No unreadable files and no empty classes (duplicates are reported, not fatal)."""
-        return self.n_unreadable == 0 and not any(s.empty_classes for s in self.splits)
+        """No unreadable files or folders, no broken links and no empty classes (duplicates
+        are reported, not fatal)."""
+        return (self.n_unreadable == 0 and not any(s.empty_classes for s in self.splits)
+                and self.folder.ok)
 
 
 def _check_file(path: str) -> tuple[str | None, str | None]:
@@ -105,8 +163,7 @@ def _check_file(path: str) -> tuple[str | None, str | None]:
     try:
         load_image(path, mode="rgb", max_side=CHECK_MAX_SIDE)
     except BadImageError as exc:
-        reason = str(exc).removeprefix(f"cannot decode image {exc.path}").removeprefix(": ")
-        return digest, reason or "cannot decode"
+        return digest, exc.reason or "cannot decode"
     return digest, None
 
 
@@ -115,8 +172,10 @@ def _row_digests(items: np.ndarray) -> list[str]:
     return [hashlib.sha256(r.tobytes()).hexdigest() for r in rows]
 
 
-def check_splits(splits: Sequence[Split], progress: bool = True, n_jobs: int = 4) -> CheckReport:
-    """Check every split: counts, empty classes, unreadable files and duplicates.
+def check_splits(splits: Sequence[Split], progress: bool = True, n_jobs: int = 4,
+                 folder: FolderScan | None = None) -> CheckReport:
+    """Check every split: counts, empty classes, unreadable files and duplicates (`folder`:
+    the walk of the data folder, reported with them).
 
     Files are hashed and decoded on `n_jobs` threads (I/O and decoding release the GIL).
     """
@@ -154,7 +213,7 @@ def check_splits(splits: Sequence[Split], progress: bool = True, n_jobs: int = 4
         if len(members) > 1
     ]
     duplicates.sort(key=lambda d: (not d.conflicting_labels, not d.cross_split, d.members[0].where()))
-    return CheckReport(splits=checks, duplicates=duplicates)
+    return CheckReport(splits=checks, duplicates=duplicates, folder=folder or FolderScan())
 
 
 def format_report(report: CheckReport, max_listed: int = 50) -> str:
@@ -174,6 +233,7 @@ def format_report(report: CheckReport, max_listed: int = 50) -> str:
                 lines.append(f"    {path}: {reason}")
             if len(s.unreadable) > max_listed:
                 lines.append(f"    ... and {len(s.unreadable) - max_listed} more")
+    lines += format_scan(report.folder, max_listed)
     dup = report.duplicates
     n_extra = sum(len(d.members) - 1 for d in dup)
     lines.append(
@@ -191,6 +251,21 @@ def format_report(report: CheckReport, max_listed: int = 50) -> str:
     status = "OK" if report.ok else "PROBLEMS FOUND"
     lines.append(
         f"total: {report.total} items, {report.n_unreadable} unreadable, "
-        f"{sum(len(s.empty_classes) for s in report.splits)} empty classes: {status}"
+        f"{sum(len(s.empty_classes) for s in report.splits)} empty classes, "
+        f"{len(report.folder.unreadable_dirs)} unreadable folders, "
+        f"{len(report.folder.broken_links)} broken links: {status}"
     )
     return "\n".join(lines)
+
+
+def format_scan(scan: FolderScan, max_listed: int = 50) -> list[str]:
+    """The lines of a FolderScan's problems (none when it found none)."""
+    lines = []
+    for title, found in (("UNREADABLE folders", scan.unreadable_dirs),
+                         ("BROKEN links (symlink loops or missing targets)", scan.broken_links)):
+        if found:
+            lines.append(f"{title}: {len(found)}")
+            lines += [f"    {path}: {reason}" for path, reason in found[:max_listed]]
+            if len(found) > max_listed:
+                lines.append(f"    ... and {len(found) - max_listed} more")
+    return lines

@@ -23,6 +23,7 @@ import functools
 import importlib
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,20 +138,48 @@ class Task:
         return suites_dir() / f"{self.name}.toml"
 
     def has_data(self, data_dir=None) -> bool:
-        return not self.folder or self.data_path(data_dir).is_dir()
+        """The task's data folder is there and, as far as a glance tells, usable."""
+        return self.data_state(data_dir) == "found"
+
+    def data_state(self, data_dir=None, read: bool = False) -> str:
+        """"found", "missing", or "found, unusable: <why>" (the folder is a file, cannot be
+        listed, or is empty). A glance, cheap enough for `cvbench list`; with `read` the
+        task's reader runs too and its error is the why."""
+        if not self.folder:
+            return "found"
+        path = self.data_path(data_dir)
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            return "missing"
+        except OSError:
+            pass  # folder_problem says why
+        why = folder_problem(path)
+        if why is None and read:
+            try:
+                self.load_splits(data_dir)
+            except DataError as exc:
+                why = str(exc)
+        return "found" if why is None else f"found, unusable: {why}"
 
     def load_splits(self, data_dir=None, seed: int = 0, skip_bad: bool = False) -> tuple[Split, Split]:
         """Read (train, test), turning a missing folder into one clear sentence, and attach
         the task's extra labels and validation grouping to both splits."""
         path = self.data_path(data_dir)
-        if self.folder and not path.is_dir():
+        state = self.data_state(data_dir)
+        if state.startswith("found, unusable: "):
+            raise DataError(f"no usable data for task {self.name!r}: {state.split(': ', 1)[1]}")
+        if state == "missing":
             root = data_root(data_dir)
-            where = "" if root.is_dir() else f" (the data root {root} does not exist either)"
+            where = "" if os.path.isdir(root) else f" (the data root {root} does not exist either)"
             raise DataError(
                 f"no data for task {self.name!r}: expected folder {path}{where} with layout "
                 f"{self.layout}; set --data-dir or $CVBENCH_DATA, or run `cvbench data fetch {self.name}`"
             )
-        train, test = self.module("reader").read(path, seed=seed, skip_bad=skip_bad)
+        try:
+            train, test = self.module("reader").read(path, seed=seed, skip_bad=skip_bad)
+        except OSError as exc:  # a folder or label file the reader cannot open
+            raise DataError(unreadable(exc, f"the {self.name} data")) from None
         packed = folder_description(path, "PACKED.md") if self.folder else None
         out = []
         for s in (train, test):
@@ -182,6 +211,28 @@ class Task:
         return (f"wrote a GENERATED FIXTURE ({self.fixture_note or 'synthetic images'}) in the "
                 f"{self.name} layout to {folder}; run it with `cvbench suite {self.name} "
                 f"--data-dir {folder.parent}`")
+
+
+def unreadable(exc: OSError, what: str) -> str:
+    """One sentence for an OSError met while reading `what`, naming the file or folder."""
+    name = exc.filename if exc.filename is not None else "a file"
+    kind = "folder" if isinstance(name, str) and os.path.isdir(name) else "file"
+    why = (exc.strerror or type(exc).__name__).lower()
+    return f"cannot read {kind} {name} of {what} ({why}); make it readable (chmod -R u+rX) or move it away"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why a data folder cannot be used at a glance (cannot be read, not a folder, empty);
+    None when it looks usable."""
+    try:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            return f"{path} is not a folder"
+        with os.scandir(path) as entries:
+            if not any(not e.name.startswith(".") for e in entries):
+                return f"{path} is empty"
+    except OSError as exc:
+        return f"{path} cannot be read ({(exc.strerror or type(exc).__name__).lower()})"
+    return None
 
 
 def folder_description(folder: Path, name: str = "README.md") -> str | None:

@@ -34,9 +34,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from cvbench.errors import BadImageError, UserError
+from cvbench.images import open_image
 
 FILLS = ("black", "mean", "red", "flip")
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -50,14 +51,16 @@ def read_mask(path: str | Path, max_side: int | None = 256) -> np.ndarray:
     side is at most `max_side` (shape matters, not resolution).
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             alpha = None
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 alpha = np.asarray(im.convert("RGBA"))[..., 3]
             gray = np.asarray(im.convert("L"), dtype=np.int16)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImageError(path, f"unreadable occlusion mask: {exc}") from None
+    except BadImageError as exc:
+        raise BadImageError(path, f"unreadable occlusion mask: {exc.reason}", skippable=False) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, f"unreadable occlusion mask: {exc}", skippable=False) from None
     if alpha is not None and alpha.min() != alpha.max():
         mask = alpha > 127
     else:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cvbench.errors import BadImageError, DataError
-from cvbench.images import is_image_file
+from cvbench.images import is_image_file, load_image, open_image
 from cvbench.split import Split
 from cvbench.tasks import classes_of, config
 
@@ -136,14 +136,12 @@ def patient_split(labels: np.ndarray, groups: np.ndarray, seed: int = 0,
 
 def _image_size_note(paths: list[Path], k: int = 8) -> str:
     """A note when every sampled image is 256x256 (the shared, pre-processed copies)."""
-    from PIL import Image
-
     sizes = set()
     for p in paths[:: max(1, len(paths) // k)][:k]:
         try:
-            with Image.open(p) as im:
+            with open_image(p) as im:
                 sizes.add(im.size)
-        except (OSError, Image.DecompressionBombError):  # bad files surface when decoded
+        except (OSError, BadImageError):  # bad files surface when decoded
             continue
     if sizes == {(256, 256)}:
         return ("; images are copies pre-resized to 256x256 (aspect not kept) and colour-processed "
@@ -185,7 +183,9 @@ def read(folder: Path, seed: int = 0, skip_bad: bool = False) -> tuple[Split, Sp
                  root=str(folder))
     status = exposure_screen(full, skip_bad=True)
     if not skip_bad and (status == "bad").any():
-        raise BadImageError(items[np.flatnonzero(status == "bad")[0]], "undecodable (use --skip-bad)")
+        first = items[np.flatnonzero(status == "bad")[0]]
+        load_image(first, mode="gray", max_side=256)  # the screen keeps no reason: say it
+        raise BadImageError(first, "undecodable")
     full = Split(items=items, labels=labels, classes=GRADES, name="retinopathy/all",
                  groups={**groups, "exposure": status}, root=str(folder))
     note = _image_size_note(paths)
