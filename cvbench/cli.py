@@ -119,8 +119,22 @@ def _render(args) -> Path:
     return render_all(root)
 
 
+def _where(args, adhoc: bool) -> None:
+    """Resolve where this command writes, once: --leaderboard, else $CVBENCH_LEADERBOARD, else
+    for an ad-hoc run (`cvbench run`, a suite file of your own) an ignored scratch folder in a
+    checkout, for a committed suite the committed leaderboard (an installed copy: ./leaderboard)."""
+    from .paths import leaderboard_dir, scratch_leaderboard
+
+    if not getattr(args, "leaderboard", None):
+        args.leaderboard = str(scratch_leaderboard() if adhoc else leaderboard_dir())
+
+
 def cmd_suite(args) -> int:
+    import os
+
     from .run import run_suite
+
+    _where(args, adhoc=bool(args.suite or os.environ.get("CVBENCH_SUITES")))
 
     try:
         report = run_suite(args.task, _options(args), only=args.only,
@@ -196,13 +210,18 @@ def cmd_run(args) -> int:
     from .plan import expand, plan_runs
     from .run import execute
 
+    if not args.no_save:
+        _where(args, adhoc=True)
     options = _options(args, save=not args.no_save, force=True)
     block = _block(args, parse_sets(args.set), parse_sets(args.condition))
     plan = plan_runs(args.task, expand([block]), options, log=lambda m: None)
     report = execute(plan, options, on_record=lambda rec: print(
         _result_line(rec, block.params) + ("" if options.save else " (not saved)")))
     if options.save:
-        _render(args)
+        from .results import results_path
+
+        index = _render(args)
+        print(f"records: {results_path(args.task, Path(args.leaderboard))}; pages: {index}")
     return 1 if report.failed else 0
 
 
@@ -343,7 +362,11 @@ def cmd_records(args) -> int:
     problems: list[str] = []
     for t in list_tasks():
         if args.action == "migrate":
-            print(f"{t.name}: {rewrite_records(t.name, root)} record(s) at the current schema")
+            from .results import results_path
+
+            n = rewrite_records(t.name, root, warn=problems.append)
+            if n:
+                print(f"{t.name}: {n} record(s) at the current schema in {results_path(t.name, root)}")
         recs = load(t.name, root, warn=problems.append)
         if args.action == "check":
             print(f"{t.name}: {len(recs)} valid record(s)")
@@ -366,7 +389,11 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cvbench", description=__doc__)
+    from .paths import ENVIRONMENT
+
+    epilog = "environment:\n" + "\n".join(f"  {name:<20} {what}" for name, what in ENVIRONMENT)
+    p = argparse.ArgumentParser(prog="cvbench", description=__doc__, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action=_Version, help="print the version and the git revision, then exit")
     data = argparse.ArgumentParser(add_help=False)  # each subcommand takes only what it uses
     data.add_argument("--data-dir", help="data root (default: $CVBENCH_DATA or ~/.cache/cvbench/data)")

@@ -257,6 +257,15 @@ def check_writable_folder(folder: Path, what: str) -> None:
                         f"give a folder you can write") from None
 
 
+def check_specs(task: Task, specs: list[RunSpec]) -> None:
+    """What can be checked of runs without data: their conditions, and every parameter of
+    their methods against its declaration (limits that need the data, such as k <= n_train,
+    are checked when the plan has it)."""
+    for spec in specs:
+        check_conditions(task, spec.conditions)
+        build_method(spec, "cpu", None).validate({})
+
+
 def check_options(options: RunOptions) -> None:
     """What can be checked of the options before any data is read: --jobs, and that the
     leaderboard folder a saving run writes can be written."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -118,6 +119,10 @@ class RunRecord:
                                   f"expected {types[0].__name__}")
         if "accuracy" not in d["metrics"]:
             raise RecordError("field 'metrics' has no 'accuracy'")
+        for name, value in d["metrics"].items():  # a NaN or infinite score is no score
+            numbers = value if isinstance(value, list) and name.endswith("_ci") else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise RecordError(f"metric {name!r} is {value!r}, not a finite number")
         if not isinstance(d["data"].get("test"), dict) or "n" not in d["data"]["test"]:
             raise RecordError("field 'data' has no test split description")
         values["schema"] = SCHEMA
@@ -374,17 +379,36 @@ def load_records(task: str, root: Path | None = None, warn=None) -> list[RunReco
             _remove_stale_temps(path)
     warn = warn or (lambda msg: print(f"cvbench: {msg}", file=sys.stderr))
     by_key: dict[str, RunRecord] = {}
+    first_line: dict[str, int] = {}
     for lineno, line in read_lines(path):
         try:
-            rec = RunRecord.from_json(json.loads(line))
+            rec = RunRecord.from_json(parse_line(line))
             if rec.task != task:
                 raise RecordError(f"field 'task' is {rec.task!r}, but the file is {path.name}")
         except (json.JSONDecodeError, RecordError, ValueError, TypeError) as exc:
             warn(f"{path}:{lineno}: record skipped ({exc})")
             continue
+        if rec.key in by_key:
+            warn(f"{path}:{lineno}: key {rec.key} also on line {first_line[rec.key]}; the later "
+                 "record replaces the earlier (a run that is appended again replaces its line)")
         by_key.pop(rec.key, None)
         by_key[rec.key] = rec
+        first_line[rec.key] = lineno
     return list(by_key.values())
+
+
+def parse_line(line: str) -> Any:
+    """One JSON line, refusing an object that names a member twice (json would keep the
+    last silently)."""
+    def pairs(items):
+        seen = set()
+        for k, _v in items:
+            if k in seen:
+                raise RecordError(f"member {k!r} appears twice")
+            seen.add(k)
+        return dict(items)
+
+    return json.loads(line, object_pairs_hook=pairs)
 
 
 def completed_keys(task: str, root: Path | None = None) -> set[str]:
@@ -418,7 +442,7 @@ def rewrite_records(task: str, root: Path | None = None, warn=None) -> int:
         out, n = [], 0
         for lineno, line in read_lines(path):
             try:
-                out.append(RunRecord.from_json(json.loads(line)).to_json() + "\n")
+                out.append(RunRecord.from_json(parse_line(line)).to_json() + "\n")
                 n += 1
             except (json.JSONDecodeError, RecordError, ValueError, TypeError) as exc:
                 warn(f"{path}:{lineno}: kept as it is, not migrated ({exc})")

@@ -32,6 +32,7 @@ from .plan import (
     PlannedRun,
     RunOptions,
     RunSpec,
+    check_specs,
     plan_runs,
     split_seed,
     training_split,
@@ -407,6 +408,7 @@ def run_suite(task_name: str, options: RunOptions, only: str | None = None, path
     if only and not specs:
         names = sorted({b.method for b in suite.blocks} | {b.label for b in suite.blocks})
         raise UserError(f"suite {suite.path.name} has no run {only!r}; it has: {', '.join(names)}")
+    check_specs(task, suite.specs(quick=not options.quick, only=only))  # the other mode too
     plan = plan_runs(task, specs, replace(options, save=False) if dry_run else options,
                      gpu_blocks=suite.gpu_blocks, log=log)
     select_on_validation(plan, suite.blocks, options, log=log, dry_run=dry_run)

@@ -55,6 +55,24 @@ class Suite:
         return {b.index for b in self.blocks if b.gpu_only}
 
 
+def _check_method_name(name: str, where: str) -> None:
+    """A [defaults.X] table must name a method (a misspelled one would be ignored silently)."""
+    import difflib
+
+    from .method_index import method_index
+
+    names = set(method_index())
+    if name in names:
+        return
+    from .methods import method_infos  # plugins too, before saying no
+
+    names |= {m.name for m in method_infos()}
+    if name not in names:
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; methods: {', '.join(sorted(names))}"
+        raise UserError(f"{where} names no method{hint}")
+
+
 def _label_ok(label: Any) -> bool:
     return isinstance(label, str) and label.strip() != "" and all(c.isprintable() for c in label)
 
@@ -80,6 +98,8 @@ def load_suite(path: Path, task_name: str | None = None) -> Suite:
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
         raise UserError(f"{path}: [defaults] must hold one table per method, e.g. [defaults.cnn]")
+    for name in defaults:
+        _check_method_name(name, f"{path}: [defaults.{name}]")
     runs = data.get("run", [])
     if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
         raise UserError(f"{path}: expected one or more [[run]] tables")

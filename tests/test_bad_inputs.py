@@ -430,3 +430,167 @@ def test_a_gpu_the_machine_lacks_is_named_by_its_flag_before_the_fit(capsys, mon
     assert err.count("\n") == 1 and load_records("demo") == []
     assert cli.main(["run", "demo", "cnn", "--set", "device=cuda", "--set", "epochs=1", "--no-progress"]) == 2
     assert "use --device cpu or --device auto" in capsys.readouterr().err  # set as a parameter: said in the fit
+
+
+# ---------------------------------------------------------------- where a run writes (issue 26 item 12)
+
+
+def test_in_a_checkout_an_ad_hoc_run_never_writes_the_committed_leaderboard(monkeypatch, tmp_path):
+    from cvbench import cli
+    from cvbench.paths import in_checkout, leaderboard_dir, repo_root, scratch_leaderboard
+
+    monkeypatch.delenv("CVBENCH_LEADERBOARD", raising=False)
+    assert in_checkout()
+    assert leaderboard_dir() == repo_root() / "leaderboard"  # a committed suite's home
+    assert scratch_leaderboard() == repo_root() / ".cache" / "runs"  # ignored by git
+    args = cli.build_parser().parse_args(["run", "demo", "tiny-knn"])
+    cli._where(args, adhoc=True)
+    assert args.leaderboard == str(repo_root() / ".cache" / "runs")
+    args = cli.build_parser().parse_args(["suite", "demo", "--suite", str(tmp_path / "mine.toml")])
+    cli._where(args, adhoc=True)
+    assert args.leaderboard == str(repo_root() / ".cache" / "runs")
+    assert ".cache/" in (repo_root() / ".gitignore").read_text()
+
+
+def test_an_installed_copy_run_from_an_empty_folder_writes_there(tmp_path):
+    """A non-editable install (pip --target), run from an empty folder: records and pages go to
+    ./leaderboard there, the committed suites travel with the package, and the command says
+    where it wrote."""
+    import subprocess
+    import sys
+
+    from cvbench.paths import repo_root
+
+    site, work = tmp_path / "site", tmp_path / "empty"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(repo_root())], check=True, capture_output=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k not in ("CVBENCH_LEADERBOARD", "CVBENCH_SUITES")}
+    env["PYTHONPATH"] = str(site)
+
+    def cvbench(*argv):
+        return subprocess.run([sys.executable, "-m", "cvbench.cli", *argv, "--no-progress"], cwd=work,
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    where = subprocess.run([sys.executable, "-c", "import cvbench; print(cvbench.__file__)"], cwd=work,
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(site))  # the installed copy, not the checkout
+    out = cvbench("run", "demo", "tiny-knn", "--set", "size=8")
+    assert out.returncode == 0, out.stderr
+    assert f"records: {work / 'leaderboard' / 'results' / 'demo.jsonl'}" in out.stdout
+    out = cvbench("suite", "demo", "--quick", "--only", "majority-class")
+    assert out.returncode == 0, out.stderr
+    assert (work / "leaderboard" / "index.md").is_file() and str(work / "leaderboard") in out.stdout
+
+
+# ---------------------------------------------------------------- silent suite mistakes (items 5, 6)
+
+
+def test_a_misspelled_defaults_table_is_refused_with_the_nearest_name(tmp_path, capsys):
+    from cvbench import cli
+
+    suite = tmp_path / "demo.toml"
+    suite.write_text('task = "demo"\n[defaults.tiny_knn]\nk = 7\n[[run]]\nmethod = "tiny-knn"\n')
+    assert cli.main(["suite", "demo", "--suite", str(suite), "--leaderboard", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert "[defaults.tiny_knn] names no method; did you mean 'tiny-knn'?" in err
+    assert "Traceback" not in err and not (tmp_path / "lb" / "results").exists()
+
+
+def test_quick_overrides_are_checked_without_quick(tmp_path, capsys):
+    from cvbench import cli
+
+    suite = tmp_path / "demo.toml"
+    suite.write_text('task = "demo"\n[[run]]\nmethod = "tiny-knn"\nquick = { k = -5 }\n')
+    assert cli.main(["suite", "demo", "--suite", str(suite), "--leaderboard", str(tmp_path / "lb")]) == 2
+    assert "k" in capsys.readouterr().err and not (tmp_path / "lb" / "results").exists()
+
+
+# ---------------------------------------------------------------- records (items 7, 8)
+
+
+def _valid_line(key: str, acc: float = 0.5) -> dict:
+    return {"key": key, "task": "demo", "method": "m", "params": {}, "seed": 0, "label": "m",
+            "data": {"variant": "v", "test": {"n": 2}}, "metrics": {"accuracy": acc}, "timings": {},
+            "schema": 3}
+
+
+def test_a_nan_metric_makes_a_record_invalid(tmp_path, capsys):
+    from cvbench import cli
+    from cvbench.results import load_records, results_path
+
+    path = results_path("demo", tmp_path)
+    path.parent.mkdir(parents=True)
+    bad = _valid_line("nan")
+    bad["metrics"]["accuracy_ci"] = [float("nan"), 0.5]
+    path.write_text(json.dumps(_valid_line("ok")) + "\n" + json.dumps(bad) + "\n")
+    warnings = []
+    assert [r.key for r in load_records("demo", tmp_path, warn=warnings.append)] == ["ok"]
+    assert "accuracy_ci" in warnings[0] and ":2:" in warnings[0]
+    assert cli.main(["records", "check", "--leaderboard", str(tmp_path)]) == 1
+
+
+def test_duplicate_keys_and_members_are_reported_and_migrate_keeps_every_line(tmp_path, capsys):
+    from cvbench import cli
+    from cvbench.results import load_records, results_path
+
+    path = results_path("demo", tmp_path)
+    path.parent.mkdir(parents=True)
+    twice = json.dumps(_valid_line("dup", 0.1))[:-1] + ', "label": "again"}'  # a member named twice
+    lines = ["not json at all", json.dumps(_valid_line("dup", 0.2)), json.dumps(_valid_line("a")),
+             json.dumps(_valid_line("dup", 0.3)), twice]
+    path.write_text("\n".join(lines) + "\n")
+    warnings = []
+    recs = load_records("demo", tmp_path, warn=warnings.append)
+    assert {r.key: r.metrics["accuracy"] for r in recs} == {"dup": 0.3, "a": 0.5}  # the later wins
+    assert any("key dup also on line 2" in w for w in warnings)
+    assert any(":5:" in w and "'label' appears twice" in w for w in warnings)
+    assert cli.main(["records", "check", "--leaderboard", str(tmp_path)]) == 1
+    capsys.readouterr()
+    assert cli.main(["records", "migrate", "--leaderboard", str(tmp_path)]) == 1  # lines it kept as they were
+    kept = path.read_text().splitlines()
+    assert len(kept) == 5 and kept[0] == "not json at all" and kept[4] == twice  # order and every line
+    assert [json.loads(x)["metrics"]["accuracy"] for x in kept[1:4]] == [0.2, 0.5, 0.3]
+    out = capsys.readouterr()
+    assert str(path) in out.out and ":1:" in out.out
+
+
+# ---------------------------------------------------------------- quick runs (item 14), start-up (item 16)
+
+
+def test_quick_runs_have_their_own_index_section_and_never_meet_a_study(tmp_path):
+    from cvbench import cli
+
+    board = tmp_path / "lb"
+    assert cli.main(["suite", "scene15", "--quick", "--only", "tiny-knn", "--leaderboard", str(board),
+                     "--no-progress", "--data-dir", str(_fixture_scene15(tmp_path))]) == 0
+    index = (board / "index.md").read_text()
+    assert "## Quick runs" in index and "Tiny image k-NN" in index.split("## Quick runs")[1]
+    page = (board / "scene15.md").read_text()
+    assert "Against the source study" not in page and "## Quick runs" in page
+
+
+def _fixture_scene15(tmp_path):
+    """A tiny scene15-layout folder (3 classes), generated."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for side in ("train", "test"):
+        for cls in ("Coast", "Forest", "Highway"):
+            folder = root / "scene15" / side / cls
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(folder / f"image_{i:04d}.jpg")
+    return root
+
+
+def test_cvbench_list_imports_neither_torch_nor_sklearn():
+    import subprocess
+    import sys
+
+    code = ("import sys; from cvbench import cli; cli.main(['list']); "
+            "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("[]"), out.stdout[-300:]
+    assert "tiny-knn" in out.stdout and "cnn-retrieval" in out.stdout

@@ -116,7 +116,8 @@ def test_run_eval_and_suite_expand_through_one_block(tmp_path, monkeypatch, caps
     suite = tmp_path / "demo.toml"
     suite.write_text('task = "demo"\n[[run]]\nmethod = "tiny-knn"\nparams = { k = [1, 3] }\n')
     assert cli.main(["suite", "demo", "--suite", str(suite), "--leaderboard", board, "--no-progress"]) == 0
-    assert calls["specs"] == 3 and calls["build"] == 5 and calls["validate"] == 5
+    # once per run (2), plus the check of the suite's other mode (--quick's points, never fitted)
+    assert calls["specs"] == 4 and calls["build"] == 5 + 2 and calls["validate"] == 5 + 2
 
 
 # ---------------------------------------------------------------- cvbench tune

@@ -50,3 +50,21 @@ def test_bench_render_leaderboard_all_records(benchmark, tmp_path):
     n_records = sum(1 for f in files for line in f.open() if line.strip())
     benchmark.extra_info.update(records=n_records, pages=len(list(tmp_path.glob("*.md"))),
                                 figures=len(list(tmp_path.rglob("*.png"))))
+
+
+def _cvbench(*argv):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "cvbench.cli", *argv], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("argv", [("list",), ("--help",)])
+def test_bench_start_up(benchmark, argv):
+    """`cvbench list` and `--help` in a fresh process (issue 26: < 0.5 s; they import neither
+    torch nor scikit-learn, which tests/test_bad_inputs.py asserts)."""
+    out = benchmark.pedantic(_cvbench, args=argv, rounds=3, iterations=1)
+    assert "tiny-knn" in out or "usage" in out
