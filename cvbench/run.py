@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import cache, env
+from . import cache, env, progress
 from .atomic import atomic_write_text
 from .conditions import apply_test, apply_train, split_conditions
 from .derived import with_augmented_copy
@@ -61,14 +61,16 @@ def execute(plan: Plan, options: RunOptions, report: SuiteReport | None = None, 
             on_record: Callable[[RunRecord], None] | None = None) -> SuiteReport:
     """Fit each group with pending runs once, predict under each test condition, record.
     `on_record(record)` is called for every record (the CLI prints it)."""
-    from tqdm.auto import tqdm
-
     report = report or SuiteReport(task=plan.task.name)
     t0 = time.perf_counter()
     todo = [g for g in plan.groups if options.force or g.pending]
     report.resumed += sum(len(g.runs) for g in plan.groups if g not in todo)
-    bar = tqdm(total=sum(len(g.runs) for g in todo), desc=plan.task.name, unit="run",
-               disable=not options.progress)
+    with progress.enabled_as(None if options.progress else False):  # every stage's bar
+        return _execute(plan, options, report, todo, t0, log, on_record)
+
+
+def _execute(plan, options, report, todo, t0, log, on_record) -> SuiteReport:
+    bar = progress.bar(sum(len(g.runs) for g in todo), plan.task.name, unit="run", leave=True)
     for group in todo:
         runs = group.runs if options.force else group.pending
         if not options.force:

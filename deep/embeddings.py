@@ -230,10 +230,9 @@ def _cores() -> int:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from cvbench import progress
 
-    return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True,
-                leave=False, dynamic_ncols=True)
+    return progress.bar(total, desc, unit="img", show=enabled)
 
 
 def _extract_torch(bb, items: np.ndarray, size: int, resize: str, tta: str, batch_size: int,

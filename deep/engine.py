@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,8 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from cvbench import progress
 from cvbench.atomic import atomic_open
 from cvbench.cache import note
 from cvbench.errors import UserError
@@ -401,7 +400,7 @@ class ProgressBar(Callback):
 
     def on_epoch_start(self, trainer, state):
         desc = f"{self.desc} epoch {state.epoch + 1}/{state.epochs}"
-        self.bar = tqdm(total=state.steps_per_epoch, desc=desc, leave=False, file=sys.stderr)
+        self.bar = progress.bar(state.steps_per_epoch, desc, unit="step")
 
     def on_step_end(self, trainer, state):
         if state.step % self.every == 0:
@@ -684,8 +683,8 @@ class Trainer:
 
     def _show_progress(self) -> bool:
         if self.config.progress is not None:
-            return bool(self.config.progress) and self.dist.is_main
-        return sys.stderr.isatty() and self.dist.is_main
+            return bool(self.config.progress) and progress.enabled() and self.dist.is_main
+        return progress.enabled() and self.dist.is_main
 
     def _call(self, hook: str, state: FitState) -> None:
         for cb in self.callbacks:
