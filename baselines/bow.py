@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from cvbench.atomic import atomic_write_bytes
 from cvbench.cache import CORRUPT, CacheCorrupt, discard
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
+from cvbench.parallel import map_batches
 from cvbench.paths import cache_dir
 
 from . import params
@@ -52,7 +54,9 @@ from .sift import (
     SiftParams,
     dense_sift,
     dense_sift_blocks,
+    grid_frames,
     make_sift_params,
+    padded_shape,
     transform_descriptors,
     u8_blocks,
 )
@@ -71,10 +75,23 @@ _BATCH = 16  # images per joblib task
 # ---------------------------------------------------------------- descriptor extraction
 
 
-def _limit_threads():
-    from threadpoolctl import threadpool_limits
+class _limit_threads:
+    """One BLAS/OpenMP thread and one OpenCV thread in a worker (joblib runs one per core)."""
 
-    return threadpool_limits(1)
+    def __enter__(self):
+        import cv2
+        from threadpoolctl import threadpool_limits
+
+        self._blas = threadpool_limits(1)
+        self._cv = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        return self
+
+    def __exit__(self, *exc):
+        import cv2
+
+        cv2.setNumThreads(self._cv)
+        self._blas.restore_original_limits()
 
 
 def _gray(split, i: int, p: SiftParams) -> np.ndarray:
@@ -90,19 +107,11 @@ def _extract_batch(split, idx, p: SiftParams):
         return [_extract(split, i, p) for i in idx]
 
 
-def _parallel(fn, args: tuple, batches, n_jobs, backend):
-    """Run fn(split, batch, *args) over batches with joblib, yielding results in order."""
-    from joblib import Parallel, delayed
-
+def _parallel(fn, args: tuple, batches, n_jobs, backend, **kwargs):
+    """fn(split, batch, *rest, **kwargs) over batches, yielding results in order: local joblib
+    workers, or the Dask cluster named by $CVBENCH_SCHEDULER (cvbench.parallel)."""
     split, rest = args[0], args[1:]
-    n_jobs = -1 if n_jobs is None else int(n_jobs)
-    if n_jobs == 1 or len(batches) <= 1:
-        for b in batches:
-            yield fn(split, b, *rest)
-        return
-    yield from Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
-        delayed(fn)(split, b, *rest) for b in batches
-    )
+    yield from map_batches(partial(fn, split, **kwargs), batches, rest, n_jobs, backend)
 
 
 def _batches(n: int) -> list[np.ndarray]:
@@ -110,79 +119,125 @@ def _batches(n: int) -> list[np.ndarray]:
 
 
 class DescriptorStore:
-    """A split's dense SIFT on disk: desc.u8 (N, 128), frames.f32 (N, 3), index.npz."""
+    """A split's dense SIFT on disk: desc.u8 (N, 128) uint8 and index.npz (per-image offsets
+    and shapes). Frames are not stored: they are the grid of each image's shape
+    (sift.grid_frames), rebuilt on read. (Stores written before also hold frames.f32, unread.)"""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, p: SiftParams):
         self.path = Path(path)
+        self.params = p
         with np.load(self.path / "index.npz") as idx:
             self.offsets = idx["offsets"]
             self.shapes = idx["shapes"]
         n = int(self.offsets[-1])
         self.n_descriptors = n
-        for name, width in (("desc.u8", 128), ("frames.f32", 12)):
-            size = (self.path / name).stat().st_size
-            if size != n * width:
-                raise CacheCorrupt(f"{name} holds {size} bytes, the index says {n * width}")
+        size = (self.path / "desc.u8").stat().st_size
+        if size != n * 128:
+            raise CacheCorrupt(f"desc.u8 holds {size} bytes, the index says {n * 128}")
         self.desc = np.memmap(self.path / "desc.u8", np.uint8, "r", shape=(n, 128)) if n else np.zeros((0, 128), np.uint8)
-        self.frames = np.memmap(self.path / "frames.f32", np.float32, "r", shape=(n, 3)) if n else np.zeros((0, 3), np.float32)
 
     def __len__(self) -> int:
         return len(self.shapes)
 
     def get(self, i: int):
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return np.asarray(self.frames[a:b]), np.asarray(self.desc[a:b]), tuple(int(s) for s in self.shapes[i])
+        shape = (int(self.shapes[i][0]), int(self.shapes[i][1]))
+        frames = grid_frames(shape, self.params)
+        if len(frames) != b - a:
+            raise CacheCorrupt(f"image {i}: {b - a} stored descriptors, its grid has {len(frames)}")
+        return frames, np.asarray(self.desc[a:b]), shape
+
+
+class _StoreWriter:
+    """Writes a descriptor store image by image into a temporary folder; commit() moves it into
+    place atomically (the store appears complete or not at all)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        self.fd = open(self.tmp / "desc.u8", "wb")
+        self.offsets, self.shapes = [0], []
+
+    def add(self, desc: np.ndarray, shape: tuple[int, int]) -> None:
+        self.fd.write(np.ascontiguousarray(desc, np.uint8).tobytes())
+        self.offsets.append(self.offsets[-1] + len(desc))
+        self.shapes.append(shape)
+
+    def commit(self, p: SiftParams) -> DescriptorStore:
+        self.fd.flush()
+        os.fsync(self.fd.fileno())
+        self.fd.close()
+        buf = io.BytesIO()
+        np.savez(buf, offsets=np.asarray(self.offsets, np.int64),
+                 shapes=np.asarray(self.shapes, np.int32).reshape(-1, 2))
+        atomic_write_bytes(self.tmp / "index.npz", buf.getvalue())
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError:  # another process finished the same store first
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return DescriptorStore(self.path, p)
+
+    def abort(self) -> None:
+        self.fd.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _store_dir(split, p: SiftParams) -> Path:
     return cache_dir("sift") / f"{split.cache_key}-{vocab_key(**p.key())}"
 
 
-def _cache_budget_bytes() -> float:
+def _cache_budget_bytes(folder: Path | None = None) -> float:
+    """Largest descriptor store written for one split: $CVBENCH_SIFT_CACHE_GB GiB, else a
+    quarter of the free space on the cache's filesystem (at least 2 GiB). A split whose store
+    does not fit is extracted twice when fitting (vocabulary sample, then encoding)."""
+    env = os.environ.get("CVBENCH_SIFT_CACHE_GB", "").strip()
+    if env:
+        try:
+            return float(env) * 2**30
+        except ValueError:
+            raise UserError("CVBENCH_SIFT_CACHE_GB must be a number of GiB, e.g. 2") from None
+    folder = folder if folder is not None else cache_dir("sift")
     try:
-        return float(os.environ.get("CVBENCH_SIFT_CACHE_GB", "2")) * 2**30
-    except ValueError:
-        raise UserError("CVBENCH_SIFT_CACHE_GB must be a number of GiB, e.g. 2") from None
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    return max(2.0 * 2**30, free / 4)
 
 
-def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", build: bool = True):
-    """The split's descriptor store: cached, freshly built (if it fits the budget), or None."""
+def _store_fits(split, p: SiftParams) -> bool:
+    """Whether the split's store fits the budget, estimated from the first image's grid."""
+    shape = padded_shape(_gray(split, 0, p).shape, p.sizes)
+    return len(grid_frames(shape, p)) * 128 * len(split) <= _cache_budget_bytes()
+
+
+def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", build: bool = True,
+               on_image=None):
+    """The split's descriptor store: cached, freshly built (if it fits the budget), or None.
+
+    on_image(i, desc) is called with each image's descriptors as a new store is written."""
     path = _store_dir(split, p)
     if (path / "index.npz").is_file():
         try:
-            return DescriptorStore(path)
+            return DescriptorStore(path, p)
         except CORRUPT as exc:
             discard(path, exc)
-    if not build or len(split) == 0:
+    if not build or len(split) == 0 or not _store_fits(split, p):
         return None
-    frames0, _, _ = _extract(split, 0, p)
-    if len(frames0) * 140 * len(split) > _cache_budget_bytes():
-        return None
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    writer = _StoreWriter(path)
     try:
-        offsets, shapes = [0], []
-        with open(tmp / "desc.u8", "wb") as fd, open(tmp / "frames.f32", "wb") as ff:
-            for results in _parallel(_extract_batch, (split, p), _batches(len(split)), n_jobs,
-                                     joblib_backend):
-                for frames, desc, shape in results:
-                    fd.write(np.ascontiguousarray(desc, np.uint8).tobytes())
-                    ff.write(np.ascontiguousarray(frames, np.float32).tobytes())
-                    offsets.append(offsets[-1] + len(desc))
-                    shapes.append(shape)
-            for f in (fd, ff):
-                f.flush()
-                os.fsync(f.fileno())
-        buf = io.BytesIO()
-        np.savez(buf, offsets=np.asarray(offsets, np.int64), shapes=np.asarray(shapes, np.int32).reshape(-1, 2))
-        atomic_write_bytes(tmp / "index.npz", buf.getvalue())
-        try:
-            os.replace(tmp, path)  # atomic: the store appears complete or not at all
-        except OSError:  # another process finished the same store first
-            shutil.rmtree(tmp, ignore_errors=True)
+        i = 0
+        for results in _parallel(_extract_batch, (split, p), _batches(len(split)), n_jobs,
+                                 joblib_backend):
+            for _, desc, shape in results:
+                writer.add(desc, shape)
+                if on_image is not None:
+                    on_image(i, desc)
+                i += 1
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
-    return DescriptorStore(path)
+    return writer.commit(p)
 
 
 # ---------------------------------------------------------------- vocabulary sample
@@ -193,40 +248,54 @@ def _pick(n: int, m: int, seed: int, i: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(n)
 
 
-def _sample_batch(split, idx, p: SiftParams, m: int, seed: int, store_path):
-    store = DescriptorStore(store_path) if store_path else None
-    out = []
+def _sample_batch(split, idx, p: SiftParams, m: int, seed: int):
     with _limit_threads():
+        out = []
         for i in idx:
-            _, desc, _ = store.get(i) if store else _extract(split, i, p)
-            out.append(np.asarray(desc[_pick(len(desc), m, seed, i)]))
-    return out
+            _, desc, _ = _extract(split, i, p)
+            out.append(desc[_pick(len(desc), m, seed, i)])
+        return out
 
 
 def sample_descriptors(split, p: SiftParams, n_total: int, seed: int, n_jobs=None,
                        joblib_backend: str = "loky", build_store: bool = True) -> tuple[np.ndarray, int]:
     """Seeded sample of ~n_total uint8 descriptors (ceil(n_total / n) per image) + store hit.
 
-    build_store=False reads an existing descriptor store but does not write one (the sample is
-    the same either way)."""
-    store = open_store(split, p, n_jobs, joblib_backend, build=build_store)
+    The rows come from the descriptor store when there is one, are picked as a new store is
+    written (build_store=True and it fits), or are picked in the workers as they extract; the
+    sample is the same every way (the same rows of the same descriptors)."""
     m = max(1, math.ceil(n_total / max(1, len(split))))
-    sp = store.path if store else None
-    batches = _batches(len(split))
-    results = _parallel(_sample_batch, (split, p, m, seed, sp), batches, n_jobs, joblib_backend)
-    parts = [d for res in results for d in res]
+    parts: list = [None] * len(split)
+
+    def pick(i: int, desc: np.ndarray) -> None:
+        parts[i] = np.array(desc[_pick(len(desc), m, seed, i)])
+
+    store = open_store(split, p, build=False)
+    if store is not None:
+        for i in range(len(split)):
+            a, b = int(store.offsets[i]), int(store.offsets[i + 1])
+            parts[i] = np.array(store.desc[a + _pick(b - a, m, seed, i)])
+    elif build_store:
+        store = open_store(split, p, n_jobs, joblib_backend, on_image=pick)
+    if store is None:
+        results = _parallel(_sample_batch, (split, p, m, seed), _batches(len(split)), n_jobs,
+                            joblib_backend)
+        parts = [d for res in results for d in res]
     return np.vstack(parts) if parts else np.zeros((0, 128), np.uint8), store is not None
 
 
 # ---------------------------------------------------------------- encoding
 
 
-def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
-    store = DescriptorStore(store_path) if store_path else None
+def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict, keep: bool = False):
+    """Histograms of a batch of images (from the store at store_path, or extracted here); with
+    keep=True (no store yet) also the uint8 descriptors and shapes, for the store."""
+    store = DescriptorStore(store_path, p) if store_path else None
     K = len(centres)
-    out, n_desc = [], 0
+    out, kept, n_desc = [], [], 0
     with _limit_threads():
         for i in idx:
+            desc = None
             if enc["encoding"] == "soft":
                 frames, desc, shape = store.get(i) if store else _extract(split, i, p)
                 votes = assign_soft(transform_descriptors(desc, enc["rootsift"]), centres, enc["sigma"])
@@ -234,12 +303,52 @@ def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
                 if store:
                     frames, desc, shape = store.get(i)
                     blocks = u8_blocks(desc)
+                elif keep:
+                    frames, blocks, shape, desc = dense_sift_blocks(_gray(split, i, p), p, keep_bytes=True)
                 else:
                     frames, blocks, shape = dense_sift_blocks(_gray(split, i, p), p)
                 votes = assign_blocks(blocks, len(frames), centres, enc["rootsift"])
             out.append(pyramid_histogram(frames[:, :2], shape, votes, K, enc["levels"], "none"))
+            if keep:
+                kept.append((np.ascontiguousarray(desc), shape))
             n_desc += len(frames)
-    return out, n_desc
+    return out, n_desc, kept
+
+
+def encode_images(split, p: SiftParams, batch_fn, args: tuple, n_jobs=None,
+                  joblib_backend: str = "loky", info: dict | None = None) -> list:
+    """Rows of batch_fn(split, idx, p, store_path, *args, keep=...) over the split, in order.
+
+    The descriptors come from the split's store when there is one. Otherwise each image is
+    extracted once, in the workers, and encoded there; when the store fits its budget the
+    workers also hand back the descriptors, which are written to the store as they arrive (so
+    a later run with another vocabulary or encoding reads instead of extracting)."""
+    t0 = time.perf_counter()
+    store = open_store(split, p, build=False)
+    writer = None
+    if store is None and len(split) and _store_fits(split, p):
+        writer = _StoreWriter(_store_dir(split, p))
+    rows: list = []
+    n_desc = 0
+    try:
+        batches = _batches(len(split))
+        path = store.path if store else None
+        for out, n, kept in _parallel(batch_fn, (split, p, path, *args), batches, n_jobs,
+                                      joblib_backend, keep=writer is not None):
+            rows.extend(out)
+            n_desc += n
+            for desc, shape in kept:
+                writer.add(desc, shape)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.commit(p)
+    if info is not None:
+        info.update(desc_cache=store is not None or writer is not None, n_descriptors=n_desc,
+                    store_hit=store is not None, encode_pass_s=round(time.perf_counter() - t0, 3))
+    return rows
 
 
 def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=None,
@@ -254,15 +363,7 @@ def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=No
     info: dict[str, Any] = {"desc_cache": None, "n_descriptors": None}
 
     def compute() -> np.ndarray:
-        t0 = time.perf_counter()
-        store = open_store(split, p, n_jobs, joblib_backend)
-        info.update(desc_cache=store is not None, n_descriptors=0,
-                    store_build_s=round(time.perf_counter() - t0 if store is not None else 0.0, 3))
-        rows = []
-        args = (split, p, store.path if store else None, centres, enc)
-        for hists, n in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
-            rows.extend(hists)
-            info["n_descriptors"] += n
+        rows = encode_images(split, p, _encode_batch, (centres, enc), n_jobs, joblib_backend, info)
         dim = pyramid_dim(len(centres), enc["levels"])
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
 
