@@ -24,6 +24,7 @@ from typing import Any
 from cvbench.errors import UserError
 
 SCHEDULER_ENV = "CVBENCH_SCHEDULER"
+CONNECT_TIMEOUT_S = 30  # how long to wait for the scheduler before saying it is unreachable
 
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -57,7 +58,7 @@ def dask_client(address: str):
         client = _clients.get(address)
         if client is None or client.status not in ("running", "connecting", "newly-created"):
             try:
-                client = Client(address, set_as_default=False, timeout="30s")
+                client = Client(address, set_as_default=False, timeout=f"{CONNECT_TIMEOUT_S}s")
             except OSError as exc:
                 raise UserError(f"cannot reach the Dask scheduler at {address} ({exc}); "
                                 f"check the address, or unset {SCHEDULER_ENV}") from None

@@ -30,22 +30,40 @@ def test_unreachable_scheduler_is_a_user_error(monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.setenv(parallel.SCHEDULER_ENV, "tcp://127.0.0.1:9")  # nothing listens there
     monkeypatch.setattr(parallel, "_clients", {})
+    monkeypatch.setattr(parallel, "CONNECT_TIMEOUT_S", 1)
     with pytest.raises(UserError, match="cannot reach the Dask scheduler"):
         list(parallel.map_batches(divmod, [1], (1,)))
 
 
+def _as_files(split, folder):
+    """The split's images as 64 PNG files (tiny images decode files in parallel from 64 on)."""
+    from PIL import Image
+
+    from cvbench.split import Split
+
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(64):
+        path = folder / f"{i:02d}.png"
+        Image.fromarray(split.image(i % len(split), "gray")).save(path)
+        paths.append(path)
+    return Split(items=paths, labels=np.arange(64) % 2, classes=("a", "b"), name="files", root=str(folder))
+
+
 @pytest.mark.slow
 def test_two_worker_local_cluster_gives_the_local_descriptors(tmp_path, monkeypatch):
-    """Dense SIFT (descriptor store), the vocabulary sample and the bag-of-words and Fisher
-    encodings computed on a 2-worker LocalCluster through CVBENCH_SCHEDULER equal a local
-    run's, and the batches did run on the cluster."""
+    """Dense SIFT (descriptor store), the vocabulary sample, the bag-of-words and Fisher
+    encodings and tiny images computed on a 2-worker LocalCluster through CVBENCH_SCHEDULER
+    equal a local run's, and the batches did run on the cluster."""
     distributed = pytest.importorskip("distributed")
     from cvbench.baselines import fisher
     from cvbench.baselines.bow import encode_split, open_store, sample_descriptors
     from cvbench.baselines.sift import make_sift_params, transform_descriptors
+    from cvbench.baselines.tiny import tiny_images
     from cvbench.baselines.vocab import kmeans
 
     split = _stripes(12, 21)  # 24 images: 2 batches of 16 and 8
+    paths = _as_files(split, tmp_path / "files")  # tiny images decode files (64 of them)
     p = make_sift_params(step=4, bin_size=3, backend="numpy")
     enc = {"rootsift": True, "encoding": "hard", "sigma": None, "levels": 1, "hist_norm": "l1"}
 
@@ -60,7 +78,8 @@ def test_two_worker_local_cluster_gives_the_local_descriptors(tmp_path, monkeypa
         monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / f"{cache}-enc"))
         H, _ = encode_split(split, p, centres, enc, n_jobs=1)
         FV, _ = fisher.encode_split(split, p, model, True, 1, n_jobs=1)
-        return stored, sample, desc, H, FV
+        tiny = tiny_images(paths, 8, cache=False)
+        return stored, sample, desc, H, FV, tiny
 
     monkeypatch.delenv(parallel.SCHEDULER_ENV, raising=False)
     local = everything("local")
@@ -82,3 +101,4 @@ def test_two_worker_local_cluster_gives_the_local_descriptors(tmp_path, monkeypa
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(local[3], remote[3])
     np.testing.assert_array_equal(local[4], remote[4])
+    np.testing.assert_array_equal(local[5], remote[5])
