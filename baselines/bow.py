@@ -2,18 +2,23 @@
 
 Pipeline and caches (all under cvbench.paths.cache_dir, keyed by split fingerprint + params):
 
-1. Descriptors (``cache_dir("sift")``): a split's dense SIFT (uint8 descriptors, frames) is
-   stored once as memory-mapped files when it fits ``$CVBENCH_SIFT_CACHE_GB`` (default 2 GiB
-   per split; step >= 3 on scene15); larger ones (step 1) are extracted on the fly.
+1. Descriptors (``cache_dir("sift")``): a split's dense SIFT (uint8 descriptors and image
+   shapes; frames are the shape's grid) is stored once as a memory-mapped file when it fits
+   ``$CVBENCH_SIFT_CACHE_GB`` GiB (default: a quarter of the free disk, at least 2 GiB; scene15
+   at step 4 takes 0.7 GiB per split, at step 1 ~23 GiB); a split that does not fit is
+   extracted on the fly, twice when fitting (vocabulary sample, then encoding).
 2. Vocabulary (``cache_dir("vocab")``): k-means on a seeded random sample of ``vocab_sample``
    training descriptors, ``ceil(vocab_sample / n_images)`` per image (the same per-image
-   generator whether or not descriptors are cached, so results never depend on cache state).
-   The sample is drawn from the grid at step ``max(step, vocab_step)``: the same descriptors
-   on a coarser grid, so a step-1 run does not pay a second full step-1 extraction (nor write
-   a step-4 descriptor store it will not read again).
-3. Encoding (``cache_dir("bow")``): image by image, extract (or read) -> RootSIFT/L2 ->
-   assign -> pyramid histogram, in joblib batches; only histograms come back, so memory is
-   flat even at step 1. A k-sweep or C-sweep re-uses the cached histograms.
+   rows whether they are read from the store, picked as the store is written or picked in the
+   workers, so results never depend on cache state). The sample is drawn from the grid at step
+   ``max(step, vocab_step)``: the same descriptors on a coarser grid, so a step-1 run does not
+   pay a second full step-1 extraction (nor write a step-4 descriptor store it will not read
+   again).
+3. Encoding (``cache_dir("bow")``): image by image, in joblib batches (or on a Dask cluster,
+   cvbench.parallel), read from the store, or extracted -> RootSIFT/L2 -> assign -> pyramid
+   histogram; an extracted split's descriptors come back with its histograms and are written
+   to a new store in the same pass (each image is extracted once). Memory stays flat even at
+   step 1. A k-sweep or C-sweep re-uses the cached histograms.
 4. Classifier: baselines.classifiers.make_classifier (k-NN, linear / chi2 / HIK SVM).
 """
 
@@ -187,10 +192,14 @@ def _store_dir(split, p: SiftParams) -> Path:
     return cache_dir("sift") / f"{split.cache_key}-{vocab_key(**p.key())}"
 
 
+_BYPRODUCT_BUDGET = 2 * 2**30  # a store written as a by-product of encoding (see _store_fits)
+
+
 def _cache_budget_bytes(folder: Path | None = None) -> float:
     """Largest descriptor store written for one split: $CVBENCH_SIFT_CACHE_GB GiB, else a
-    quarter of the free space on the cache's filesystem (at least 2 GiB). A split whose store
-    does not fit is extracted twice when fitting (vocabulary sample, then encoding)."""
+    quarter of the free space on the cache's filesystem, within 2..32 GiB. A training split
+    whose store does not fit is extracted twice when fitting (vocabulary sample, then
+    encoding): with a fixed 2 GiB this made the fit superlinear past ~15k images at step 8."""
     env = os.environ.get("CVBENCH_SIFT_CACHE_GB", "").strip()
     if env:
         try:
@@ -202,13 +211,20 @@ def _cache_budget_bytes(folder: Path | None = None) -> float:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = 0
-    return max(2.0 * 2**30, free / 4)
+    return min(max(2.0 * 2**30, free / 4), 32.0 * 2**30)
 
 
-def _store_fits(split, p: SiftParams) -> bool:
-    """Whether the split's store fits the budget, estimated from the first image's grid."""
+def _store_fits(split, p: SiftParams, byproduct: bool = False) -> bool:
+    """Whether the split's store fits the budget, estimated from the first image's grid.
+
+    byproduct: a store the encoding pass would write for later runs only (its descriptors
+    travel back from the workers and are written, ~1 ms an image): held to 2 GiB unless
+    $CVBENCH_SIFT_CACHE_GB says otherwise, so a step-1 split is not written out for nothing."""
+    budget = _cache_budget_bytes()
+    if byproduct and not os.environ.get("CVBENCH_SIFT_CACHE_GB", "").strip():
+        budget = min(budget, _BYPRODUCT_BUDGET)
     shape = padded_shape(_gray(split, 0, p).shape, p.sizes)
-    return len(grid_frames(shape, p)) * 128 * len(split) <= _cache_budget_bytes()
+    return len(grid_frames(shape, p)) * 128 * len(split) <= budget
 
 
 def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", build: bool = True,
@@ -326,7 +342,7 @@ def encode_images(split, p: SiftParams, batch_fn, args: tuple, n_jobs=None,
     t0 = time.perf_counter()
     store = open_store(split, p, build=False)
     writer = None
-    if store is None and len(split) and _store_fits(split, p):
+    if store is None and len(split) and _store_fits(split, p, byproduct=True):
         writer = _StoreWriter(_store_dir(split, p))
     rows: list = []
     n_desc = 0

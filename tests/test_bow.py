@@ -171,9 +171,9 @@ def test_encoding_writes_the_store_and_a_rerun_reads_it(tmp_path, monkeypatch):
 
 
 def test_store_budget_follows_free_disk_space(monkeypatch, tmp_path):
-    """Default budget: a quarter of the free space (at least 2 GiB), so a large split keeps its
-    store and is extracted once (the fit's cost per image stays flat with N); the variable
-    overrides it."""
+    """Default budget: a quarter of the free space (2..32 GiB), so a large split keeps its store
+    and is extracted once (the fit's cost per image stays flat with N); the variable overrides
+    it."""
     import shutil
 
     from cvbench.baselines import bow
@@ -184,6 +184,8 @@ def test_store_budget_follows_free_disk_space(monkeypatch, tmp_path):
     assert bow._cache_budget_bytes(tmp_path) == 25 * 2**30
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=2**30))
     assert bow._cache_budget_bytes(tmp_path) == 2 * 2**30
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=1000 * 2**30))
+    assert bow._cache_budget_bytes(tmp_path) == 32 * 2**30
     monkeypatch.setenv("CVBENCH_SIFT_CACHE_GB", "0.5")
     assert bow._cache_budget_bytes(tmp_path) == 0.5 * 2**30
 
