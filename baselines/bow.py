@@ -131,6 +131,7 @@ class DescriptorStore:
     def __init__(self, path: Path, p: SiftParams):
         self.path = Path(path)
         self.params = p
+        self._grids: dict[tuple[int, int], np.ndarray] = {}
         with np.load(self.path / "index.npz") as idx:
             self.offsets = idx["offsets"]
             self.shapes = idx["shapes"]
@@ -147,7 +148,10 @@ class DescriptorStore:
     def get(self, i: int):
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         shape = (int(self.shapes[i][0]), int(self.shapes[i][1]))
-        frames = grid_frames(shape, self.params)
+        frames = self._grids.get(shape)
+        if frames is None:  # a dataset has few distinct shapes: each grid is built once
+            frames = self._grids[shape] = grid_frames(shape, self.params)
+            frames.flags.writeable = False
         if len(frames) != b - a:
             raise CacheCorrupt(f"image {i}: {b - a} stored descriptors, its grid has {len(frames)}")
         return frames, np.asarray(self.desc[a:b]), shape
