@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv venv-unlocked lock gpu-pack gpu-rehearsal demo test bench bench-baseline lint leaderboard vlfeat clean
+.PHONY: venv venv-unlocked lock gpu-pack gpu-rehearsal demo test bench bench-baseline bench-scale lint leaderboard vlfeat clean
 
 venv: $(STAMP)
 
@@ -49,7 +49,7 @@ DEMO_LEADERBOARD ?= .cache/demo-leaderboard
 venv-unlocked:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained,dask]"
 
 lock:
 	$(PY) scripts/lock.py
@@ -76,6 +76,14 @@ bench: venv
 # Refresh the baseline: after an intended speed change or on a new reference machine, idle.
 bench-baseline: venv
 	$(PY) -m pytest -p no:cacheprovider --benchmark --benchmark-all --benchmark-update-baseline $(BENCH_ARGS)
+
+# Cost against dataset size: four pipelines at N = 1k, 4k, 16k, 64k synthetic images (generated
+# once into the cache) plus 3000x2000 photographs, time and peak RSS of each run's process tree,
+# written to docs/scale/ (results.json, cost_vs_n.png). Takes long on 2 cores: the embedding
+# extraction alone is ~20 ms an image; SCALE_ARGS="--max-n linear-probe=4000" caps a pipeline.
+SCALE_ARGS ?=
+bench-scale: venv
+	$(PY) scripts/bench_scale.py $(SCALE_ARGS)
 
 # The studies' GPU protocols (every suite's gpu_only block): pack the data that travels to a
 # GPU machine, then run there `python3 scripts/gpu_protocols.py run --out OUT` (see that file);

@@ -2,18 +2,23 @@
 
 Pipeline and caches (all under cvbench.paths.cache_dir, keyed by split fingerprint + params):
 
-1. Descriptors (``cache_dir("sift")``): a split's dense SIFT (uint8 descriptors, frames) is
-   stored once as memory-mapped files when it fits ``$CVBENCH_SIFT_CACHE_GB`` (default 2 GiB
-   per split; step >= 3 on scene15); larger ones (step 1) are extracted on the fly.
+1. Descriptors (``cache_dir("sift")``): a split's dense SIFT (uint8 descriptors and image
+   shapes; frames are the shape's grid) is stored once as a memory-mapped file when it fits
+   ``$CVBENCH_SIFT_CACHE_GB`` GiB (default: a quarter of the free disk, at least 2 GiB; scene15
+   at step 4 takes 0.7 GiB per split, at step 1 ~23 GiB); a split that does not fit is
+   extracted on the fly, twice when fitting (vocabulary sample, then encoding).
 2. Vocabulary (``cache_dir("vocab")``): k-means on a seeded random sample of ``vocab_sample``
    training descriptors, ``ceil(vocab_sample / n_images)`` per image (the same per-image
-   generator whether or not descriptors are cached, so results never depend on cache state).
-   The sample is drawn from the grid at step ``max(step, vocab_step)``: the same descriptors
-   on a coarser grid, so a step-1 run does not pay a second full step-1 extraction (nor write
-   a step-4 descriptor store it will not read again).
-3. Encoding (``cache_dir("bow")``): image by image, extract (or read) -> RootSIFT/L2 ->
-   assign -> pyramid histogram, in joblib batches; only histograms come back, so memory is
-   flat even at step 1. A k-sweep or C-sweep re-uses the cached histograms.
+   rows whether they are read from the store, picked as the store is written or picked in the
+   workers, so results never depend on cache state). The sample is drawn from the grid at step
+   ``max(step, vocab_step)``: the same descriptors on a coarser grid, so a step-1 run does not
+   pay a second full step-1 extraction (nor write a step-4 descriptor store it will not read
+   again).
+3. Encoding (``cache_dir("bow")``): image by image, in joblib batches (or on a Dask cluster,
+   cvbench.parallel), read from the store, or extracted -> RootSIFT/L2 -> assign -> pyramid
+   histogram; an extracted split's descriptors come back with its histograms and are written
+   to a new store in the same pass (each image is extracted once). Memory stays flat even at
+   step 1. A k-sweep or C-sweep re-uses the cached histograms.
 4. Classifier: baselines.classifiers.make_classifier (k-NN, linear / chi2 / HIK SVM).
 """
 
@@ -27,6 +32,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from cvbench.atomic import atomic_write_bytes
 from cvbench.cache import CORRUPT, CacheCorrupt, discard
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
+from cvbench.parallel import map_batches
 from cvbench.paths import cache_dir
 
 from . import params
@@ -51,7 +58,9 @@ from .sift import (
     SiftParams,
     dense_sift,
     dense_sift_blocks,
+    grid_frames,
     make_sift_params,
+    padded_shape,
     transform_descriptors,
     u8_blocks,
 )
@@ -70,10 +79,23 @@ _BATCH = 16  # images per joblib task
 # ---------------------------------------------------------------- descriptor extraction
 
 
-def _limit_threads():
-    from threadpoolctl import threadpool_limits
+class _limit_threads:
+    """One BLAS/OpenMP thread and one OpenCV thread in a worker (joblib runs one per core)."""
 
-    return threadpool_limits(1)
+    def __enter__(self):
+        import cv2
+        from threadpoolctl import threadpool_limits
+
+        self._blas = threadpool_limits(1)
+        self._cv = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        return self
+
+    def __exit__(self, *exc):
+        import cv2
+
+        cv2.setNumThreads(self._cv)
+        self._blas.restore_original_limits()
 
 
 def _gray(split, i: int, p: SiftParams) -> np.ndarray:
@@ -89,19 +111,11 @@ def _extract_batch(split, idx, p: SiftParams):
         return [_extract(split, i, p) for i in idx]
 
 
-def _parallel(fn, args: tuple, batches, n_jobs, backend):
-    """Run fn(split, batch, *args) over batches with joblib, yielding results in order."""
-    from joblib import Parallel, delayed
-
+def _parallel(fn, args: tuple, batches, n_jobs, backend, **kwargs):
+    """fn(split, batch, *rest, **kwargs) over batches, yielding results in order: local joblib
+    workers, or the Dask cluster named by $CVBENCH_SCHEDULER (cvbench.parallel)."""
     split, rest = args[0], args[1:]
-    n_jobs = -1 if n_jobs is None else int(n_jobs)
-    if n_jobs == 1 or len(batches) <= 1:
-        for b in batches:
-            yield fn(split, b, *rest)
-        return
-    yield from Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
-        delayed(fn)(split, b, *rest) for b in batches
-    )
+    yield from map_batches(partial(fn, split, **kwargs), batches, rest, n_jobs, backend)
 
 
 def _batches(n: int) -> list[np.ndarray]:
@@ -109,79 +123,140 @@ def _batches(n: int) -> list[np.ndarray]:
 
 
 class DescriptorStore:
-    """A split's dense SIFT on disk: desc.u8 (N, 128), frames.f32 (N, 3), index.npz."""
+    """A split's dense SIFT on disk: desc.u8 (N, 128) uint8 and index.npz (per-image offsets
+    and shapes). Frames are not stored: they are the grid of each image's shape
+    (sift.grid_frames), rebuilt on read. (Stores written before also hold frames.f32, unread.)"""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, p: SiftParams):
         self.path = Path(path)
+        self.params = p
+        self._grids: dict[tuple[int, int], np.ndarray] = {}
         with np.load(self.path / "index.npz") as idx:
             self.offsets = idx["offsets"]
             self.shapes = idx["shapes"]
         n = int(self.offsets[-1])
         self.n_descriptors = n
-        for name, width in (("desc.u8", 128), ("frames.f32", 12)):
-            size = (self.path / name).stat().st_size
-            if size != n * width:
-                raise CacheCorrupt(f"{name} holds {size} bytes, the index says {n * width}")
+        size = (self.path / "desc.u8").stat().st_size
+        if size != n * 128:
+            raise CacheCorrupt(f"desc.u8 holds {size} bytes, the index says {n * 128}")
         self.desc = np.memmap(self.path / "desc.u8", np.uint8, "r", shape=(n, 128)) if n else np.zeros((0, 128), np.uint8)
-        self.frames = np.memmap(self.path / "frames.f32", np.float32, "r", shape=(n, 3)) if n else np.zeros((0, 3), np.float32)
 
     def __len__(self) -> int:
         return len(self.shapes)
 
     def get(self, i: int):
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return np.asarray(self.frames[a:b]), np.asarray(self.desc[a:b]), tuple(int(s) for s in self.shapes[i])
+        shape = (int(self.shapes[i][0]), int(self.shapes[i][1]))
+        frames = self._grids.get(shape)
+        if frames is None:  # a dataset has few distinct shapes: each grid is built once
+            frames = self._grids[shape] = grid_frames(shape, self.params)
+            frames.flags.writeable = False
+        if len(frames) != b - a:
+            raise CacheCorrupt(f"image {i}: {b - a} stored descriptors, its grid has {len(frames)}")
+        return frames, np.asarray(self.desc[a:b]), shape
+
+
+class _StoreWriter:
+    """Writes a descriptor store image by image into a temporary folder; commit() moves it into
+    place atomically (the store appears complete or not at all)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        self.fd = open(self.tmp / "desc.u8", "wb")
+        self.offsets, self.shapes = [0], []
+
+    def add(self, desc: np.ndarray, shape: tuple[int, int]) -> None:
+        self.fd.write(np.ascontiguousarray(desc, np.uint8).tobytes())
+        self.offsets.append(self.offsets[-1] + len(desc))
+        self.shapes.append(shape)
+
+    def commit(self, p: SiftParams) -> DescriptorStore:
+        self.fd.flush()
+        os.fsync(self.fd.fileno())
+        self.fd.close()
+        buf = io.BytesIO()
+        np.savez(buf, offsets=np.asarray(self.offsets, np.int64),
+                 shapes=np.asarray(self.shapes, np.int32).reshape(-1, 2))
+        atomic_write_bytes(self.tmp / "index.npz", buf.getvalue())
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError:  # another process finished the same store first
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return DescriptorStore(self.path, p)
+
+    def abort(self) -> None:
+        self.fd.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _store_dir(split, p: SiftParams) -> Path:
     return cache_dir("sift") / f"{split.cache_key}-{vocab_key(**p.key())}"
 
 
-def _cache_budget_bytes() -> float:
+_BYPRODUCT_BUDGET = 2 * 2**30  # a store written as a by-product of encoding (see _store_fits)
+
+
+def _cache_budget_bytes(folder: Path | None = None) -> float:
+    """Largest descriptor store written for one split: $CVBENCH_SIFT_CACHE_GB GiB, else a
+    quarter of the free space on the cache's filesystem, within 2..32 GiB. A training split
+    whose store does not fit is extracted twice when fitting (vocabulary sample, then
+    encoding): with a fixed 2 GiB this made the fit superlinear past ~15k images at step 8."""
+    env = os.environ.get("CVBENCH_SIFT_CACHE_GB", "").strip()
+    if env:
+        try:
+            return float(env) * 2**30
+        except ValueError:
+            raise UserError("CVBENCH_SIFT_CACHE_GB must be a number of GiB, e.g. 2") from None
+    folder = folder if folder is not None else cache_dir("sift")
     try:
-        return float(os.environ.get("CVBENCH_SIFT_CACHE_GB", "2")) * 2**30
-    except ValueError:
-        raise UserError("CVBENCH_SIFT_CACHE_GB must be a number of GiB, e.g. 2") from None
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    return min(max(2.0 * 2**30, free / 4), 32.0 * 2**30)
 
 
-def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", build: bool = True):
-    """The split's descriptor store: cached, freshly built (if it fits the budget), or None."""
+def _store_fits(split, p: SiftParams, byproduct: bool = False) -> bool:
+    """Whether the split's store fits the budget, estimated from the first image's grid.
+
+    byproduct: a store the encoding pass would write for later runs only (its descriptors
+    travel back from the workers and are written, ~1 ms an image): held to 2 GiB unless
+    $CVBENCH_SIFT_CACHE_GB says otherwise, so a step-1 split is not written out for nothing."""
+    budget = _cache_budget_bytes()
+    if byproduct and not os.environ.get("CVBENCH_SIFT_CACHE_GB", "").strip():
+        budget = min(budget, _BYPRODUCT_BUDGET)
+    shape = padded_shape(_gray(split, 0, p).shape, p.sizes)
+    return len(grid_frames(shape, p)) * 128 * len(split) <= budget
+
+
+def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", build: bool = True,
+               on_image=None):
+    """The split's descriptor store: cached, freshly built (if it fits the budget), or None.
+
+    on_image(i, desc) is called with each image's descriptors as a new store is written."""
     path = _store_dir(split, p)
     if (path / "index.npz").is_file():
         try:
-            return DescriptorStore(path)
+            return DescriptorStore(path, p)
         except CORRUPT as exc:
             discard(path, exc)
-    if not build or len(split) == 0:
+    if not build or len(split) == 0 or not _store_fits(split, p):
         return None
-    frames0, _, _ = _extract(split, 0, p)
-    if len(frames0) * 140 * len(split) > _cache_budget_bytes():
-        return None
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    writer = _StoreWriter(path)
     try:
-        offsets, shapes = [0], []
-        with open(tmp / "desc.u8", "wb") as fd, open(tmp / "frames.f32", "wb") as ff:
-            for results in _parallel(_extract_batch, (split, p), _batches(len(split)), n_jobs,
-                                     joblib_backend):
-                for frames, desc, shape in results:
-                    fd.write(np.ascontiguousarray(desc, np.uint8).tobytes())
-                    ff.write(np.ascontiguousarray(frames, np.float32).tobytes())
-                    offsets.append(offsets[-1] + len(desc))
-                    shapes.append(shape)
-            for f in (fd, ff):
-                f.flush()
-                os.fsync(f.fileno())
-        buf = io.BytesIO()
-        np.savez(buf, offsets=np.asarray(offsets, np.int64), shapes=np.asarray(shapes, np.int32).reshape(-1, 2))
-        atomic_write_bytes(tmp / "index.npz", buf.getvalue())
-        try:
-            os.replace(tmp, path)  # atomic: the store appears complete or not at all
-        except OSError:  # another process finished the same store first
-            shutil.rmtree(tmp, ignore_errors=True)
+        i = 0
+        for results in _parallel(_extract_batch, (split, p), _batches(len(split)), n_jobs,
+                                 joblib_backend):
+            for _, desc, shape in results:
+                writer.add(desc, shape)
+                if on_image is not None:
+                    on_image(i, desc)
+                i += 1
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
-    return DescriptorStore(path)
+    return writer.commit(p)
 
 
 # ---------------------------------------------------------------- vocabulary sample
@@ -192,40 +267,54 @@ def _pick(n: int, m: int, seed: int, i: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(n)
 
 
-def _sample_batch(split, idx, p: SiftParams, m: int, seed: int, store_path):
-    store = DescriptorStore(store_path) if store_path else None
-    out = []
+def _sample_batch(split, idx, p: SiftParams, m: int, seed: int):
     with _limit_threads():
+        out = []
         for i in idx:
-            _, desc, _ = store.get(i) if store else _extract(split, i, p)
-            out.append(np.asarray(desc[_pick(len(desc), m, seed, i)]))
-    return out
+            _, desc, _ = _extract(split, i, p)
+            out.append(desc[_pick(len(desc), m, seed, i)])
+        return out
 
 
 def sample_descriptors(split, p: SiftParams, n_total: int, seed: int, n_jobs=None,
                        joblib_backend: str = "loky", build_store: bool = True) -> tuple[np.ndarray, int]:
     """Seeded sample of ~n_total uint8 descriptors (ceil(n_total / n) per image) + store hit.
 
-    build_store=False reads an existing descriptor store but does not write one (the sample is
-    the same either way)."""
-    store = open_store(split, p, n_jobs, joblib_backend, build=build_store)
+    The rows come from the descriptor store when there is one, are picked as a new store is
+    written (build_store=True and it fits), or are picked in the workers as they extract; the
+    sample is the same every way (the same rows of the same descriptors)."""
     m = max(1, math.ceil(n_total / max(1, len(split))))
-    sp = store.path if store else None
-    batches = _batches(len(split))
-    results = _parallel(_sample_batch, (split, p, m, seed, sp), batches, n_jobs, joblib_backend)
-    parts = [d for res in results for d in res]
+    parts: list = [None] * len(split)
+
+    def pick(i: int, desc: np.ndarray) -> None:
+        parts[i] = np.array(desc[_pick(len(desc), m, seed, i)])
+
+    store = open_store(split, p, build=False)
+    if store is not None:
+        for i in range(len(split)):
+            a, b = int(store.offsets[i]), int(store.offsets[i + 1])
+            parts[i] = np.array(store.desc[a + _pick(b - a, m, seed, i)])
+    elif build_store:
+        store = open_store(split, p, n_jobs, joblib_backend, on_image=pick)
+    if store is None:
+        results = _parallel(_sample_batch, (split, p, m, seed), _batches(len(split)), n_jobs,
+                            joblib_backend)
+        parts = [d for res in results for d in res]
     return np.vstack(parts) if parts else np.zeros((0, 128), np.uint8), store is not None
 
 
 # ---------------------------------------------------------------- encoding
 
 
-def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
-    store = DescriptorStore(store_path) if store_path else None
+def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict, keep: bool = False):
+    """Histograms of a batch of images (from the store at store_path, or extracted here); with
+    keep=True (no store yet) also the uint8 descriptors and shapes, for the store."""
+    store = DescriptorStore(store_path, p) if store_path else None
     K = len(centres)
-    out, n_desc = [], 0
+    out, kept, n_desc = [], [], 0
     with _limit_threads():
         for i in idx:
+            desc = None
             if enc["encoding"] == "soft":
                 frames, desc, shape = store.get(i) if store else _extract(split, i, p)
                 votes = assign_soft(transform_descriptors(desc, enc["rootsift"]), centres, enc["sigma"])
@@ -233,12 +322,52 @@ def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict):
                 if store:
                     frames, desc, shape = store.get(i)
                     blocks = u8_blocks(desc)
+                elif keep:
+                    frames, blocks, shape, desc = dense_sift_blocks(_gray(split, i, p), p, keep_bytes=True)
                 else:
                     frames, blocks, shape = dense_sift_blocks(_gray(split, i, p), p)
                 votes = assign_blocks(blocks, len(frames), centres, enc["rootsift"])
             out.append(pyramid_histogram(frames[:, :2], shape, votes, K, enc["levels"], "none"))
+            if keep:
+                kept.append((np.ascontiguousarray(desc), shape))
             n_desc += len(frames)
-    return out, n_desc
+    return out, n_desc, kept
+
+
+def encode_images(split, p: SiftParams, batch_fn, args: tuple, n_jobs=None,
+                  joblib_backend: str = "loky", info: dict | None = None) -> list:
+    """Rows of batch_fn(split, idx, p, store_path, *args, keep=...) over the split, in order.
+
+    The descriptors come from the split's store when there is one. Otherwise each image is
+    extracted once, in the workers, and encoded there; when the store fits its budget the
+    workers also hand back the descriptors, which are written to the store as they arrive (so
+    a later run with another vocabulary or encoding reads instead of extracting)."""
+    t0 = time.perf_counter()
+    store = open_store(split, p, build=False)
+    writer = None
+    if store is None and len(split) and _store_fits(split, p, byproduct=True):
+        writer = _StoreWriter(_store_dir(split, p))
+    rows: list = []
+    n_desc = 0
+    try:
+        batches = _batches(len(split))
+        path = store.path if store else None
+        for out, n, kept in _parallel(batch_fn, (split, p, path, *args), batches, n_jobs,
+                                      joblib_backend, keep=writer is not None):
+            rows.extend(out)
+            n_desc += n
+            for desc, shape in kept:
+                writer.add(desc, shape)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.commit(p)
+    if info is not None:
+        info.update(desc_cache=store is not None or writer is not None, n_descriptors=n_desc,
+                    store_hit=store is not None, encode_pass_s=round(time.perf_counter() - t0, 3))
+    return rows
 
 
 def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=None,
@@ -253,15 +382,7 @@ def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=No
     info: dict[str, Any] = {"desc_cache": None, "n_descriptors": None}
 
     def compute() -> np.ndarray:
-        t0 = time.perf_counter()
-        store = open_store(split, p, n_jobs, joblib_backend)
-        info.update(desc_cache=store is not None, n_descriptors=0,
-                    store_build_s=round(time.perf_counter() - t0 if store is not None else 0.0, 3))
-        rows = []
-        args = (split, p, store.path if store else None, centres, enc)
-        for hists, n in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
-            rows.extend(hists)
-            info["n_descriptors"] += n
+        rows = encode_images(split, p, _encode_batch, (centres, enc), n_jobs, joblib_backend, info)
         dim = pyramid_dim(len(centres), enc["levels"])
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
 

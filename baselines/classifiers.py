@@ -150,10 +150,10 @@ class _Base:
         return {"classifier": self.name, "n_features": int(getattr(self, "n_features_in_", 0))}
 
 
-def _linear_svc(C: float, seed: int, max_iter: int):
+def _linear_svc(C: float, seed: int, max_iter: int, dual: bool | str = "auto"):
     from sklearn.svm import LinearSVC
 
-    return LinearSVC(C=C, random_state=seed, max_iter=max_iter, dual="auto")
+    return LinearSVC(C=C, random_state=seed, max_iter=max_iter, dual=dual)
 
 
 def _fit_quietly(est, X, y):
@@ -165,8 +165,29 @@ def _fit_quietly(est, X, y):
     return any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
+def _row_space_coordinates(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(X', M) with X' = X V (n, r) the coordinates of the rows of X (n, d) in an orthonormal
+    basis V (d, r) of their span, and M (r, n) with V = X^T M^T, i.e. w = V w' = X^T (M^T w').
+
+    From the Gram matrix: X X^T = U diag(lam) U^T, X' = U sqrt(lam), V = X^T U / sqrt(lam),
+    over the eigenvalues above 1e-12 of the largest (the rest span nothing of the data)."""
+    G = X @ X.T
+    lam, U = np.linalg.eigh(G)
+    keep = lam > max(float(lam[-1]), 0.0) * 1e-12
+    lam, U = lam[keep], U[:, keep]
+    root = np.sqrt(lam)
+    return U * root, (U / root).T
+
+
 class LinearSVMClassifier(_Base):
-    """One-vs-rest linear SVM (LinearSVC, squared hinge) on raw features."""
+    """One-vs-rest linear SVM (LinearSVC, squared hinge) on raw features.
+
+    With more features than training samples (d > 2n, e.g. Fisher vectors: 1500 x 40960) the
+    same problem is solved in the n-dimensional span of the training rows: liblinear's dual
+    depends on the data only through the inner products [x_i, 1].[x_j, 1], which the row-space
+    coordinates X' = X V keep, so the dual, its solution (to the solver's tolerance) and the
+    primal w = V w' are the same, at n / d of liblinear's per-pass cost (tests/test_classifiers.py
+    checks the decision values against LinearSVC on the raw features)."""
 
     name = "linear-svm"
 
@@ -175,16 +196,30 @@ class LinearSVMClassifier(_Base):
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None):
         X, y = self._prepare(X, y, n_classes)
-        self.model_ = _linear_svc(self.C, self.seed, self.max_iter)
-        self.converged_ = not _fit_quietly(self.model_, np.asarray(X, np.float64), y)
+        X = np.asarray(X, np.float64)
+        self.row_space_ = X.shape[1] > 2 * X.shape[0]
+        # dual="auto" picks the dual solver on the raw features (d > n); the row-space problem
+        # has d' <= n, so it is asked for by name: the same solver on the same dual
+        self.model_ = _linear_svc(self.C, self.seed, self.max_iter, True if self.row_space_ else "auto")
+        if self.row_space_:
+            Xr, M = _row_space_coordinates(X)
+            self.converged_ = not _fit_quietly(self.model_, Xr, y)
+            self.coef_ = (M.T @ self.model_.coef_.T).T @ X  # (classes or 1, d)
+        else:
+            self.converged_ = not _fit_quietly(self.model_, X, y)
+            self.coef_ = self.model_.coef_
+        self.intercept_ = self.model_.intercept_
         return self
 
     def decision_scores(self, X: np.ndarray) -> np.ndarray:
-        dec = self.model_.decision_function(np.asarray(X, np.float64))
+        dec = np.asarray(X, np.float64) @ self.coef_.T + self.intercept_
+        if dec.shape[1] == 1:  # binary: positive means classes_[1], as LinearSVC's decision
+            dec = dec.ravel()
         return _full_scores(dec, self.model_.classes_, self.n_classes_)
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "C": self.C, "converged": bool(self.converged_)}
+        return {**super().info(), "C": self.C, "converged": bool(self.converged_),
+                "solved_in_row_space": bool(self.row_space_)}
 
 
 class AdditiveKernelSVM(_Base):

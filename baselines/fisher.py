@@ -40,12 +40,10 @@ from cvbench.paths import cache_dir
 from . import params
 from .bow import (
     DescriptorStore,
-    _batches,
     _extract,
     _limit_threads,
-    _parallel,
     cached_matrix,
-    open_store,
+    encode_images,
     sample_descriptors,
 )
 from .classifiers import make_classifier
@@ -115,47 +113,84 @@ def fit_fisher_model(X: np.ndarray, pca_dim: int, n_components: int, seed: int =
                        sigmas=np.sqrt(gmm.covariances_).astype(np.float32))
 
 
-def posteriors(Z: np.ndarray, model: FisherModel) -> np.ndarray:
-    """(n, K) posteriors of the GMM components for projected descriptors Z (n, D)."""
+def _stacked(Z: np.ndarray) -> np.ndarray:
+    """[z, z^2] per row (n, 2D) float64: what the posteriors and the cell statistics need."""
+    Z = np.asarray(Z, np.float64)
+    out = np.empty((len(Z), 2 * Z.shape[1]), np.float64)
+    D = Z.shape[1]
+    out[:, :D] = Z
+    np.multiply(Z, Z, out=out[:, D:])
+    return out
+
+
+def _posteriors_stacked(ZZ: np.ndarray, model: FisherModel) -> np.ndarray:
+    """posteriors() from [z, z^2] rows: one GEMM for the quadratic form of every Gaussian."""
     inv = 1.0 / (model.sigmas.astype(np.float64) ** 2)  # (K, D)
     mu = model.means.astype(np.float64)
-    Z = np.asarray(Z, np.float64)
+    B = np.concatenate([-2.0 * mu * inv, inv], axis=1)  # (K, 2D)
     # log N(z; mu_k, diag sigma_k^2) up to the shared -D/2 log(2 pi)
-    ll = -0.5 * ((Z * Z) @ inv.T - 2.0 * Z @ (mu * inv).T + (mu * mu * inv).sum(1)[None, :])
-    ll += np.log(np.maximum(model.weights, 1e-12))[None, :] - np.log(model.sigmas).sum(1)[None, :]
+    ll = ZZ @ B.T
+    ll += (mu * mu * inv).sum(1)[None, :]
+    ll *= -0.5
+    ll += (np.log(np.maximum(model.weights, 1e-12)) - np.log(model.sigmas).sum(1))[None, :]
     ll -= ll.max(axis=1, keepdims=True)
-    p = np.exp(ll)
-    p /= p.sum(axis=1, keepdims=True)
-    return p
+    np.exp(ll, out=ll)
+    ll /= ll.sum(axis=1, keepdims=True)
+    return ll
+
+
+def posteriors(Z: np.ndarray, model: FisherModel) -> np.ndarray:
+    """(n, K) posteriors of the GMM components for projected descriptors Z (n, D)."""
+    return _posteriors_stacked(_stacked(Z), model)
+
+
+def _cell_statistics(ZZ: np.ndarray, G: np.ndarray, cells: np.ndarray, n_cells: int,
+                     presorted: bool = False):
+    """Per cell: descriptor count (n_cells,), posterior sums s0 (n_cells, K) and posterior-weighted
+    sums of [z, z^2] (n_cells, K, 2D), one GEMM per non-empty cell on rows sorted by cell
+    (`presorted`: the rows already are)."""
+    K = G.shape[1]
+    counts = np.bincount(cells, minlength=n_cells)
+    s0 = np.zeros((n_cells, K))
+    s12 = np.zeros((n_cells, K, ZZ.shape[1]))
+    if not presorted and n_cells > 1:
+        order = np.argsort(cells, kind="stable")
+        G, ZZ = G[order], ZZ[order]
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    for c in np.flatnonzero(counts):
+        a, b = bounds[c], bounds[c + 1]
+        s0[c] = G[a:b].sum(0)
+        s12[c] = G[a:b].T @ ZZ[a:b]
+    return counts, s0, s12
+
+
+def _fisher_from_statistics(counts, s0, s12, model: FisherModel) -> np.ndarray:
+    """Improved Fisher vector per cell from its statistics (see fisher_cells), float32."""
+    K, D = model.means.shape
+    out = np.zeros((len(counts), 2 * K * D), np.float32)
+    mu = model.means.astype(np.float64)
+    sig = model.sigmas.astype(np.float64)
+    w = model.weights.astype(np.float64)
+    for c in np.flatnonzero(counts):
+        n = int(counts[c])
+        s0c = s0[c][:, None]  # (K, 1)
+        s1, s2 = s12[c][:, :D], s12[c][:, D:]
+        g_mu = (s1 - s0c * mu) / sig / (n * np.sqrt(w)[:, None])
+        g_sig = ((s2 - 2 * mu * s1 + s0c * mu * mu) / (sig * sig) - s0c) / (n * np.sqrt(2 * w)[:, None])
+        v = np.concatenate([g_mu.ravel(), g_sig.ravel()])
+        v = np.sign(v) * np.sqrt(np.abs(v))
+        out[c] = v / max(np.linalg.norm(v), 1e-12)
+    return out
 
 
 def fisher_cells(Z: np.ndarray, cells: np.ndarray, n_cells: int, model: FisherModel) -> np.ndarray:
     """Improved Fisher vector of each cell, (n_cells, 2 K D) float32, each row power- and
     L2-normalised (an empty cell is all zeros)."""
-    K, D = model.means.shape
-    out = np.zeros((n_cells, 2 * K * D), np.float32)
     if len(Z) == 0:
-        return out
-    Z = np.asarray(Z, np.float64)
-    G = posteriors(Z, model)
-    mu = model.means.astype(np.float64)
-    sig = model.sigmas.astype(np.float64)
-    w = model.weights.astype(np.float64)
-    for c in range(n_cells):
-        sel = cells == c
-        n = int(sel.sum())
-        if n == 0:
-            continue
-        g, z = G[sel], Z[sel]
-        s0 = g.sum(0)[:, None]  # (K, 1)
-        s1 = g.T @ z  # (K, D)
-        s2 = g.T @ (z * z)
-        g_mu = (s1 - s0 * mu) / sig / (n * np.sqrt(w)[:, None])
-        g_sig = ((s2 - 2 * mu * s1 + s0 * mu * mu) / (sig * sig) - s0) / (n * np.sqrt(2 * w)[:, None])
-        v = np.concatenate([g_mu.ravel(), g_sig.ravel()])
-        v = np.sign(v) * np.sqrt(np.abs(v))
-        out[c] = v / max(np.linalg.norm(v), 1e-12)
-    return out
+        return np.zeros((n_cells, model.dim), np.float32)
+    ZZ = _stacked(Z)
+    G = _posteriors_stacked(ZZ, model)
+    return _fisher_from_statistics(*_cell_statistics(ZZ, G, np.asarray(cells), n_cells), model)
 
 
 def pyramid_cells(xy: np.ndarray, shape: tuple[int, int], levels: int) -> list[np.ndarray]:
@@ -172,22 +207,45 @@ def pyramid_cells(xy: np.ndarray, shape: tuple[int, int], levels: int) -> list[n
 
 def encode_image(frames: np.ndarray, desc: np.ndarray, shape: tuple[int, int], model: FisherModel,
                  rootsift: bool, levels: int) -> np.ndarray:
-    """The image's Fisher vector: cells of levels 0..L concatenated, unit L2 norm overall."""
-    Z = model.project(transform_descriptors(desc, rootsift))
-    parts = [fisher_cells(Z, cells, 4**lvl, model).ravel()
-             for lvl, cells in enumerate(pyramid_cells(frames[:, :2], shape, levels))]
-    n_cells = sum(4**lvl for lvl in range(int(levels) + 1))
+    """The image's Fisher vector: cells of levels 0..L concatenated, unit L2 norm overall.
+
+    The posteriors are computed once for all levels, and the statistics once, at the finest
+    level: a coarser cell's are the sums of its four children's (Lazebnik's cells nest)."""
+    L = int(levels)
+    n_cells = sum(4**lvl for lvl in range(L + 1))
+    if len(desc) == 0:
+        return np.zeros(n_cells * model.dim, np.float32)
+    fine = pyramid_cells(frames[:, :2], shape, L)[L]
+    order = np.argsort(fine, kind="stable")  # descriptors grouped by cell
+    fine, desc = fine[order], np.asarray(desc)[order]
+    ZZ = _stacked(model.project(transform_descriptors(desc, rootsift)))
+    G = _posteriors_stacked(ZZ, model)
+    counts, s0, s12 = _cell_statistics(ZZ, G, fine, 4**L, presorted=True)
+    parts = [None] * (L + 1)
+    parts[L] = _fisher_from_statistics(counts, s0, s12, model).ravel()
+    for lvl in range(L - 1, -1, -1):  # parent (cy, cx) of child (2 cy + a, 2 cx + b)
+        g = 2**lvl
+        kids = [(2 * cy + a) * 2 * g + 2 * cx + b for cy in range(g) for cx in range(g)
+                for a in (0, 1) for b in (0, 1)]
+        counts = counts[kids].reshape(g * g, 4).sum(1)
+        s0 = s0[kids].reshape(g * g, 4, *s0.shape[1:]).sum(1)
+        s12 = s12[kids].reshape(g * g, 4, *s12.shape[1:]).sum(1)
+        parts[lvl] = _fisher_from_statistics(counts, s0, s12, model).ravel()
     return np.concatenate(parts) / np.float32(np.sqrt(n_cells))
 
 
-def _encode_batch(split, idx, p: SiftParams, store_path, model: FisherModel, rootsift: bool, levels: int):
-    store = DescriptorStore(store_path) if store_path else None
-    out = []
+def _encode_batch(split, idx, p: SiftParams, store_path, model: FisherModel, rootsift: bool,
+                  levels: int, keep: bool = False):
+    store = DescriptorStore(store_path, p) if store_path else None
+    out, kept, n_desc = [], [], 0
     with _limit_threads():
         for i in idx:
             frames, desc, shape = store.get(i) if store else _extract(split, i, p)
             out.append(encode_image(frames, desc, shape, model, rootsift, levels))
-    return out
+            if keep:
+                kept.append((desc, shape))
+            n_desc += len(frames)
+    return out, n_desc, kept
 
 
 def encode_split(split, p: SiftParams, model: FisherModel, rootsift: bool, levels: int,
@@ -197,11 +255,8 @@ def encode_split(split, p: SiftParams, model: FisherModel, rootsift: bool, level
                     levels=int(levels))
 
     def compute() -> np.ndarray:
-        store = open_store(split, p, n_jobs, joblib_backend)
-        rows: list[np.ndarray] = []
-        args = (split, p, store.path if store else None, model, rootsift, levels)
-        for res in _parallel(_encode_batch, args, _batches(len(split)), n_jobs, joblib_backend):
-            rows.extend(res)
+        rows = encode_images(split, p, _encode_batch, (model, rootsift, levels), n_jobs,
+                             joblib_backend)
         n_cells = sum(4**lvl for lvl in range(int(levels) + 1))
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, n_cells * model.dim), np.float32)
 

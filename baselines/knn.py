@@ -99,8 +99,10 @@ def pairwise_distances(A: np.ndarray, B: np.ndarray, metric: str = "l2") -> np.n
 
 
 def _l1(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    from .vocab import import_faiss
+
     try:
-        import faiss
+        faiss = import_faiss()
     except ImportError:  # optional dependency
         faiss = None
     if faiss is not None:

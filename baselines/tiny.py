@@ -85,7 +85,13 @@ def _decode_parallel(paths: np.ndarray, size: int, crop: bool, n_jobs: int | Non
                      backend: str) -> np.ndarray:
     from joblib import Parallel, delayed, effective_n_jobs, parallel_config
 
+    from cvbench.parallel import map_batches, scheduler_address
+
     paths = [str(p) for p in paths]
+    if scheduler_address() and len(paths) >= 64:  # a Dask cluster (cvbench.parallel)
+        bounds = np.linspace(0, len(paths), min(len(paths) // 16, 256) + 1).astype(int)
+        chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return np.concatenate(list(map_batches(_tiny_batch, chunks, (size, crop))))
     with parallel_config(backend=backend, n_jobs=n_jobs):
         jobs = effective_n_jobs()
         if jobs == 1 or len(paths) < 64:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,31 @@ from cvbench.paths import cache_dir
 KMEANS_BACKENDS = ("auto", "faiss", "sklearn", "minibatch")
 
 
+def import_faiss():
+    """`import faiss`, its OpenMP runtime set to wait passively (unless OMP_WAIT_POLICY says
+    otherwise): faiss' threads spin at barriers by default, and on a shared, oversubscribed
+    machine one descheduled thread then stalls the others (measured on a 2-core machine at
+    load 5: 100k x 400 k-means, 2 threads 24 s spinning vs 4.5 s passive; 1 thread 9-10 s).
+    libgomp reads the variable when faiss loads it, so it is set for that moment only and
+    other OpenMP runtimes (torch's, scikit-learn's) keep their own behaviour."""
+    import sys
+
+    if "faiss" in sys.modules:
+        return sys.modules["faiss"]
+    unset = "OMP_WAIT_POLICY" not in os.environ
+    if unset:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        import faiss
+    finally:
+        if unset:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+    return faiss
+
+
 def faiss_available() -> bool:
     try:
-        import faiss  # noqa: F401
+        import_faiss()
     except Exception:  # pragma: no cover - depends on the environment
         return False
     return True
@@ -55,12 +78,11 @@ def kmeans(X: np.ndarray, k: int, backend: str = "auto", seed: int = 0, n_iter: 
         raise UserError(f"vocabulary of {k} words needs at least {k} descriptors, got {len(X)}")
     backend = resolve_kmeans_backend(backend)
     if backend == "faiss":
-        import faiss
-
+        faiss = import_faiss()
         km = faiss.Kmeans(X.shape[1], int(k), niter=int(n_iter), seed=int(seed) + 1234,
                           max_points_per_centroid=max(256, len(X) // k + 1), verbose=False)
-        # faiss' OpenMP threads spin at barriers: on a shared, oversubscribed machine one
-        # descheduled thread stalls the others, so the thread count is a parameter (default 1)
+        # one thread by default: on a shared 2-core machine two threads lost 4x at load 5 even
+        # waiting passively (import_faiss), as the run's own workers are idle meanwhile
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(max(1, int(n_threads)))
         try:

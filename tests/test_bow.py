@@ -115,3 +115,110 @@ def test_scene15_small_subset_well_above_chance(real_data):
                 hist_norm="sqrt", n_jobs=2).fit(train)
     acc = float((m.predict(test) == test.labels).mean())
     assert acc > 0.35, acc  # chance is 1/15 = 0.067
+
+
+@pytest.mark.parametrize("backend", ["numpy", "opencv"])
+def test_descriptor_store_gives_back_dense_sift(backend):
+    """The store keeps descriptors and shapes only; what it gives back (frames rebuilt from the
+    shape) is dense_sift's output, image by image."""
+    from cvbench.baselines.bow import open_store
+    from cvbench.baselines.sift import dense_sift
+
+    split = _stripes(3, 12)
+    p = make_sift_params(step=4, bin_size=3, scales="3,5", backend=backend)
+    store = open_store(split, p, n_jobs=1)
+    assert store is not None and not (store.path / "frames.f32").exists()
+    for i in range(len(split)):
+        frames, desc, shape = store.get(i)
+        want = dense_sift(split.image(i, "gray"), p)
+        np.testing.assert_array_equal(frames, want[0])
+        np.testing.assert_array_equal(desc, want[1])
+        assert shape == want[2]
+
+
+def test_encoding_writes_the_store_and_a_rerun_reads_it(tmp_path, monkeypatch):
+    """Encoding a split with no store extracts each image once (in the workers), encodes it
+    and writes the store from the same descriptors; encoding again from that store gives the
+    same histograms, as does a vocabulary sample read from it."""
+    from cvbench.baselines.bow import encode_split
+    from cvbench.baselines.sift import dense_sift, transform_descriptors
+    from cvbench.baselines.vocab import kmeans
+
+    monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / "cache"))
+    split = _stripes(4, 13)
+    p = make_sift_params(step=3, bin_size=3, backend="numpy")
+    sample = np.vstack([dense_sift(split.image(i, "gray"), p)[1][::5] for i in range(len(split))])
+    centres = kmeans(transform_descriptors(sample, False), 10, "sklearn", 0, 10)
+    enc = {"rootsift": False, "encoding": "hard", "sigma": None, "levels": 1, "hist_norm": "l1"}
+    H1, info1 = encode_split(split, p, centres, enc, n_jobs=2)
+    assert info1["desc_cache"] and not info1["store_hit"]
+    H2, info2 = encode_split(split, p, centres[::-1].copy(), enc, n_jobs=1)  # another vocabulary
+    assert info2["store_hit"] and not info2["hist_cache_hit"]
+    H3, _ = encode_split(split, p, centres[::-1].copy(), enc, n_jobs=1)
+    np.testing.assert_array_equal(H2, H3)
+    # the reversed vocabulary permutes the words: the same histograms up to that permutation
+    K = len(centres)
+    np.testing.assert_allclose(H1[:, :K], H2[:, :K][:, ::-1], rtol=1e-6)
+    a, hit = sample_descriptors(split, p, 100, seed=3, n_jobs=1)
+    monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / "elsewhere"))
+    b, built = sample_descriptors(split, p, 100, seed=3, n_jobs=2)
+    monkeypatch.setenv("CVBENCH_SIFT_CACHE_GB", "0")
+    monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / "none"))
+    c, none = sample_descriptors(split, p, 100, seed=3, n_jobs=2)
+    assert hit and built and not none
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_store_budget_follows_free_disk_space(monkeypatch, tmp_path):
+    """Default budget: a quarter of the free space (2..32 GiB), so a large split keeps its store
+    and is extracted once (the fit's cost per image stays flat with N); the variable overrides
+    it."""
+    import shutil
+
+    from cvbench.baselines import bow
+
+    monkeypatch.delenv("CVBENCH_SIFT_CACHE_GB", raising=False)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=100 * 2**30))
+    assert bow._cache_budget_bytes(tmp_path) == 25 * 2**30
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=2**30))
+    assert bow._cache_budget_bytes(tmp_path) == 2 * 2**30
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=1000 * 2**30))
+    assert bow._cache_budget_bytes(tmp_path) == 32 * 2**30
+    monkeypatch.setenv("CVBENCH_SIFT_CACHE_GB", "0.5")
+    assert bow._cache_budget_bytes(tmp_path) == 0.5 * 2**30
+
+
+def test_fit_and_predict_extract_each_image_once(tmp_path, monkeypatch):
+    """A cold fit extracts every training image once (vocabulary sample and encoding share the
+    store) and a prediction every test image once; with no room for a store the fit extracts
+    twice (the cost the store budget exists to avoid)."""
+    from cvbench.baselines import bow
+
+    calls = []
+    real = bow.dense_sift_blocks
+
+    def counting_blocks(img, p, keep_bytes=False):
+        calls.append("blocks")
+        return real(img, p, keep_bytes)
+
+    real_extract = bow._extract
+
+    def counting_extract(split, i, p):
+        calls.append("extract")
+        return real_extract(split, i, p)
+
+    monkeypatch.setattr(bow, "dense_sift_blocks", counting_blocks)
+    monkeypatch.setattr(bow, "_extract", counting_extract)
+    train, test = _stripes(6, 14), _stripes(4, 15)
+    kw = dict(step=6, bin_size=3, vocab_size=8, vocab_sample=500, vocab_step=6, n_jobs=1, backend="numpy")
+    for gb, per_image in (("4", 1), ("0", 2)):
+        monkeypatch.setenv("CVBENCH_SIFT_CACHE_GB", gb)
+        monkeypatch.setenv("CVBENCH_CACHE", str(tmp_path / gb))
+        calls.clear()
+        m = BowSift(**kw).fit(train)
+        assert len(calls) == per_image * len(train), (gb, calls)
+        calls.clear()
+        m.predict_scores(test)
+        assert len(calls) == len(test), (gb, calls)

@@ -93,3 +93,29 @@ def test_make_classifier_rejects_bad_names():
     X, y = toy_histograms()
     with pytest.raises(UserError, match="two classes"):
         make_classifier("linear-svm").fit(X[:5], np.zeros(5, int))
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_linear_svm_in_row_space_equals_linearsvc_on_raw_features(n_classes):
+    """More features than samples: the SVM is solved on the rows' coordinates in their span,
+    the same dual problem, so the decision values are LinearSVC's on the raw features."""
+    from sklearn.svm import LinearSVC
+
+    from cvbench.baselines.classifiers import LinearSVMClassifier
+
+    rng = np.random.default_rng(n_classes)
+    centres = rng.normal(size=(n_classes, 600))
+    y = np.arange(70) % n_classes
+    X = (centres[y] + rng.normal(scale=3, size=(70, 600))).astype(np.float32)
+    Xt = (centres[rng.integers(0, n_classes, 30)] + rng.normal(scale=3, size=(30, 600))).astype(np.float32)
+    m = LinearSVMClassifier(C=0.5, seed=3).fit(X, y)
+    assert m.info()["solved_in_row_space"] and m.info()["converged"]
+    ref = LinearSVC(C=0.5, random_state=3, max_iter=5000).fit(X.astype(np.float64), y)
+    want = ref.decision_function(Xt.astype(np.float64))
+    got = m.decision_scores(Xt)
+    if n_classes == 2:
+        got = got[:, 1]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    # fewer features than samples: LinearSVC itself, unchanged
+    small = LinearSVMClassifier().fit(X[:, :20], y)
+    assert not small.info()["solved_in_row_space"]

@@ -116,3 +116,28 @@ def test_registered_and_end_to_end_on_stripes(tmp_path, monkeypatch):
     m2 = create_method("fisher-sift", **params).fit(train)  # model and encodings from the cache
     assert m2.info_["model_cache_hit"] and m2.info_["train_encoding_cache_hit"]
     np.testing.assert_array_equal(m2.predict_scores(test), m.predict_scores(test))
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2])
+def test_encode_image_equals_cells_encoded_level_by_level(levels):
+    """encode_image computes posteriors once and sums child cells into parents: the same vector
+    as encoding every level's cells separately from the descriptors (the textbook reference)."""
+    m = _model(K=4, D=6, seed=8)
+    m = F.FisherModel(np.zeros(128, np.float32), np.eye(6, 128, dtype=np.float32) * 3,
+                      m.weights, m.means * 0.1, m.sigmas * 0.1)
+    rng = np.random.default_rng(9)
+    desc = rng.integers(0, 90, (140, 128)).astype(np.uint8)
+    desc[5] = 0  # an all-zero descriptor
+    frames = np.column_stack([rng.uniform(0, 40, 140), rng.uniform(0, 30, 140), np.full(140, 4)])
+    frames[:20, 0] = rng.uniform(0, 9, 20)  # crowd one corner; leave level-2 cells empty
+    frames[:20, 1] = rng.uniform(0, 7, 20)
+    frames[20:, 0] = rng.uniform(20, 40, 120)
+    v = F.encode_image(frames, desc, (30, 40), m, rootsift=True, levels=levels)
+    Z = m.project(F.transform_descriptors(desc, True))
+    parts = []
+    for lvl, cells in enumerate(F.pyramid_cells(frames[:, :2], (30, 40), levels)):
+        for c in range(4**lvl):
+            sel = cells == c
+            parts.append(_reference_fv(Z[sel], m) if sel.any() else np.zeros(m.dim))
+    want = np.concatenate(parts) / np.sqrt(sum(4**lvl for lvl in range(levels + 1)))
+    np.testing.assert_allclose(v, want, rtol=1e-4, atol=1e-6)

@@ -209,3 +209,79 @@ def test_normalisations():
     np.testing.assert_allclose(np.linalg.norm(normalise(h, "l2")), 1.0)
     with pytest.raises(UserError):
         normalise(h, "l3")
+
+
+def _vl_fast_atan2_mod_2pi_scalar(y: np.float32, x: np.float32) -> np.float32:
+    """VLFeat 0.9.21's vl_fast_atan2_f then vl_mod_2pi_f, transcribed line by line in float32
+    scalars (the reference for the vectorised, branch-free version)."""
+    f = np.float32
+    abs_y = f(abs(y)) + f(np.finfo(np.float32).eps)
+    if x >= 0:
+        r = (x - abs_y) / (x + abs_y)
+        angle = f(np.pi / 4)
+    else:
+        r = (x + abs_y) / (abs_y - x)
+        angle = f(3 * np.pi / 4)
+    angle = angle + (f(0.1821) * r * r - f(0.9675)) * r
+    angle = -angle if y < 0 else angle
+    while angle < 0:
+        angle = angle + f(2 * np.pi)
+    return f(angle)
+
+
+def test_fast_atan2_matches_vlfeats_scalar_code():
+    rng = np.random.default_rng(0)
+    y = np.concatenate([rng.normal(0, 0.3, 400), [0, 0, 0.5, -0.5, 1e-9, -1e-9, 0.2, 0]]).astype(np.float32)
+    x = np.concatenate([rng.normal(0, 0.3, 400), [0, -0.5, 0, 0, -1e-9, 1e-9, -0.2, 0.3]]).astype(np.float32)
+    y[::7] = 0  # axis-aligned gradients, the common case in flat image regions
+    x[3::11] = 0
+    got = S._vl_fast_atan2(y.reshape(17, 24), x.reshape(17, 24)).ravel()
+    want = np.array([_vl_fast_atan2_mod_2pi_scalar(a, b) for a, b in zip(y, x)], np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert got.min() >= 0 and got.max() < np.float32(2 * np.pi)
+
+
+def test_fast_sqrt_matches_vlfeats_scalar_code():
+    def scalar(x):  # vl_fast_resqrt_f (bit trick + two Newton steps) times x, zero below 1e-8
+        f = np.float32
+        if x < f(1e-8):
+            return f(0)
+        half = f(0.5) * x
+        u = np.array([x], np.float32).view(np.int32)
+        u = (np.int32(0x5F3759DF) - (u >> 1)).view(np.float32)[0]
+        u = u * (f(1.5) - half * u * u)
+        u = u * (f(1.5) - half * u * u)
+        return f(x * u)
+
+    x = np.concatenate([np.random.default_rng(1).random(300) ** 4, [0, 1e-9, 1e-8, 1.0, 2.0]]).astype(np.float32)
+    np.testing.assert_array_equal(S._vl_fast_sqrt(x), np.array([scalar(v) for v in x], np.float32))
+
+
+def test_auto_backend_is_numpy():
+    assert S.resolve_backend("auto") == S.AUTO_BACKEND == "numpy"
+    assert S.make_sift_params(backend="auto").backend == "numpy"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hw,step,scales", [((97, 131), 4, None), ((60, 45), 3, "4,6,8"), ((9, 30), 2, None)])
+def test_grid_frames_are_dense_sifts_frames(backend, hw, step, scales):
+    """The descriptor store keeps no frames: grid_frames(shape) must be dense_sift's exactly."""
+    p = S.make_sift_params(step=step, scales=scales, backend=backend)
+    frames, _, shape = S.dense_sift(_texture(*hw, seed=2), p)
+    assert shape == S.padded_shape(hw, p.sizes)
+    np.testing.assert_array_equal(S.grid_frames(shape, p), frames)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_sift_blocks_keep_bytes_gives_dense_sifts_descriptors(backend):
+    p = S.make_sift_params(step=3, scales="4,6", backend=backend)
+    img = _texture(70, 90, seed=3)
+    frames, desc, shape = S.dense_sift(img, p)
+    f2, blocks, s2, kept = S.dense_sift_blocks(img, p, keep_bytes=True)
+    floats = np.zeros((128, len(f2)), np.float32)
+    for sl, block in blocks:
+        floats[:, sl] = block
+    assert s2 == shape
+    np.testing.assert_array_equal(f2, frames)
+    np.testing.assert_array_equal(kept, desc)
+    np.testing.assert_array_equal(floats.T, desc.astype(np.float32))

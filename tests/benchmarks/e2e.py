@@ -2,6 +2,7 @@
 so that the peak RSS of its process tree is its own:
 
     python -m tests.benchmarks.e2e bow-scene15 DATA STEP BACKEND
+    python -m tests.benchmarks.e2e fisher-scene15 DATA
     python -m tests.benchmarks.e2e fastnet-cifar10 DATA
 
 (from the project root; CVBENCH_CACHE names the cache, empty for a cold run). The last line
@@ -47,6 +48,22 @@ def bow_scene15(data: str, step: str, backend: str) -> dict:
             "train_images": len(train), "test_images": len(test)}
 
 
+def fisher_scene15(data: str) -> dict:
+    """suites/scene15.toml's Fisher-vector block on all of scene15 (extract, PCA + GMM, encode,
+    linear SVM), 2 jobs, backend "auto"."""
+    from cvbench.baselines.fisher import FisherSift
+    from cvbench.tasks.scene15.reader import read
+
+    train, test = read(Path(data) / "scene15")
+    t0 = time.perf_counter()
+    m = FisherSift(step=4, bin_size=4, rootsift=True, pca_dim=64, n_components=64,
+                   vocab_sample=100_000, pyramid_levels=1, C=1.0, n_jobs=2).fit(train)
+    accuracy = float((m.predict(test) == test.labels).mean())
+    return {"pipeline_s": round(time.perf_counter() - t0, 2), "accuracy": accuracy,
+            "backend": m.info_["backend"], "timings": m.info_["timings"],
+            "train_images": len(train), "test_images": len(test)}
+
+
 def fastnet_cifar10(data: str) -> dict:
     """One epoch of the `fastnet` method (half width, batch 128, flip-crop) on the cifar10
     train split, then predicting its test split; one torch thread."""
@@ -66,7 +83,8 @@ def fastnet_cifar10(data: str) -> dict:
             "train_images": len(train), "test_images": len(test)}
 
 
-WORKLOADS = {"bow-scene15": bow_scene15, "fastnet-cifar10": fastnet_cifar10}
+WORKLOADS = {"bow-scene15": bow_scene15, "fisher-scene15": fisher_scene15,
+             "fastnet-cifar10": fastnet_cifar10}
 
 
 if __name__ == "__main__":
