@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
-from cvbench.cache import CORRUPT, CacheCorrupt, discard
+from cvbench.cache import CORRUPT, CacheCorrupt, discard, note
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.parallel import map_batches
@@ -111,11 +111,13 @@ def _extract_batch(split, idx, p: SiftParams):
         return [_extract(split, i, p) for i in idx]
 
 
-def _parallel(fn, args: tuple, batches, n_jobs, backend, **kwargs):
+def _parallel(fn, args: tuple, batches, n_jobs, backend, desc: str | None = None, **kwargs):
     """fn(split, batch, *rest, **kwargs) over batches, yielding results in order: local joblib
-    workers, or the Dask cluster named by $CVBENCH_SCHEDULER (cvbench.parallel)."""
+    workers, or the Dask cluster named by $CVBENCH_SCHEDULER (cvbench.parallel); `desc` names
+    the progress bar ("<stage> <split>")."""
     split, rest = args[0], args[1:]
-    yield from map_batches(partial(fn, split, **kwargs), batches, rest, n_jobs, backend)
+    desc = f"{desc} {getattr(split, 'name', '')}".rstrip() if desc else None
+    yield from map_batches(partial(fn, split, **kwargs), batches, rest, n_jobs, backend, desc=desc)
 
 
 def _batches(n: int) -> list[np.ndarray]:
@@ -247,7 +249,7 @@ def open_store(split, p: SiftParams, n_jobs=None, joblib_backend: str = "loky", 
     try:
         i = 0
         for results in _parallel(_extract_batch, (split, p), _batches(len(split)), n_jobs,
-                                 joblib_backend):
+                                 joblib_backend, desc="dense SIFT"):
             for _, desc, shape in results:
                 writer.add(desc, shape)
                 if on_image is not None:
@@ -290,6 +292,7 @@ def sample_descriptors(split, p: SiftParams, n_total: int, seed: int, n_jobs=Non
         parts[i] = np.array(desc[_pick(len(desc), m, seed, i)])
 
     store = open_store(split, p, build=False)
+    from_store = store is not None
     if store is not None:
         for i in range(len(split)):
             a, b = int(store.offsets[i]), int(store.offsets[i + 1])
@@ -298,8 +301,9 @@ def sample_descriptors(split, p: SiftParams, n_total: int, seed: int, n_jobs=Non
         store = open_store(split, p, n_jobs, joblib_backend, on_image=pick)
     if store is None:
         results = _parallel(_sample_batch, (split, p, m, seed), _batches(len(split)), n_jobs,
-                            joblib_backend)
+                            joblib_backend, desc="dense SIFT (vocabulary sample)")
         parts = [d for res in results for d in res]
+    note("descriptors", hit=from_store, n=len(split), key=str(_store_dir(split, p)))
     return np.vstack(parts) if parts else np.zeros((0, 128), np.uint8), store is not None
 
 
@@ -335,7 +339,8 @@ def _encode_batch(split, idx, p: SiftParams, store_path, centres, enc: dict, kee
 
 
 def encode_images(split, p: SiftParams, batch_fn, args: tuple, n_jobs=None,
-                  joblib_backend: str = "loky", info: dict | None = None) -> list:
+                  joblib_backend: str = "loky", info: dict | None = None,
+                  stage: str = "bag of words") -> list:
     """Rows of batch_fn(split, idx, p, store_path, *args, keep=...) over the split, in order.
 
     The descriptors come from the split's store when there is one. Otherwise each image is
@@ -352,8 +357,9 @@ def encode_images(split, p: SiftParams, batch_fn, args: tuple, n_jobs=None,
     try:
         batches = _batches(len(split))
         path = store.path if store else None
+        stage = stage if store is not None else f"dense SIFT + {stage}"
         for out, n, kept in _parallel(batch_fn, (split, p, path, *args), batches, n_jobs,
-                                      joblib_backend, keep=writer is not None):
+                                      joblib_backend, desc=stage, keep=writer is not None):
             rows.extend(out)
             n_desc += n
             for desc, shape in kept:
@@ -364,6 +370,7 @@ def encode_images(split, p: SiftParams, batch_fn, args: tuple, n_jobs=None,
         raise
     if writer is not None:
         writer.commit(p)
+    note("descriptors", hit=store is not None, n=len(split), key=str(_store_dir(split, p)))
     if info is not None:
         info.update(desc_cache=store is not None or writer is not None, n_descriptors=n_desc,
                     store_hit=store is not None, encode_pass_s=round(time.perf_counter() - t0, 3))
@@ -386,19 +393,24 @@ def encode_split(split, p: SiftParams, centres: np.ndarray, enc: dict, n_jobs=No
         dim = pyramid_dim(len(centres), enc["levels"])
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
 
-    H, hit = cached_matrix(cache_dir("bow") / f"{key}.npy", compute)
+    H, hit = cached_matrix(cache_dir("bow") / f"{key}.npy", compute, "bag-of-words histograms")
     return normalise(H, enc["hist_norm"]), {"hist_cache_hit": hit, **info}
 
 
-def cached_matrix(path: Path, compute) -> tuple[np.ndarray, bool]:
+def cached_matrix(path: Path, compute, stage: str | None = None) -> tuple[np.ndarray, bool]:
     """(array, True) from the .npy at `path`, or (compute(), False) after writing it there
-    atomically (an unreadable cache file is recomputed)."""
+    atomically (an unreadable cache file is recomputed). The lookup is counted under `stage`
+    (cvbench.cache.note; default: the cache folder's name), one per row."""
+    stage = stage or path.parent.name
     if path.is_file():
         try:
-            return np.load(path, allow_pickle=False), True
+            arr = np.load(path, allow_pickle=False)
+            note(stage, hit=True, n=len(arr))
+            return arr, True
         except CORRUPT as exc:
             discard(path, exc)
     arr = compute()
+    note(stage, hit=False, n=len(arr))
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())

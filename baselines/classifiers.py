@@ -47,6 +47,9 @@ KERNEL_MODES = ("exact", "map")
 _MAP_STEP = {"chi2": 0.5, "intersection": 0.9}
 
 
+KERNEL_BLOCK_ENTRIES = 2_000_000  # kernel entries per block of rows (one step of its progress bar)
+
+
 def _check_nonneg(X: np.ndarray, what: str) -> None:
     if np.any(X < 0):
         raise UserError(
@@ -159,7 +162,10 @@ def _linear_svc(C: float, seed: int, max_iter: int, dual: bool | str = "auto"):
 def _fit_quietly(est, X, y):
     from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings(record=True) as caught:
+    from cvbench import progress
+
+    with warnings.catch_warnings(record=True) as caught, progress.stage(
+            f"{type(est).__name__}: fit on {X.shape[0]} x {X.shape[1]}"):
         warnings.simplefilter("always", ConvergenceWarning)
         est.fit(X, y)
     return any(issubclass(w.category, ConvergenceWarning) for w in caught)
@@ -246,7 +252,23 @@ class AdditiveKernelSVM(_Base):
         self.name = "chi2-svm" if kernel == "chi2" else "hik-svm"
 
     def _kernel(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        return chi2_kernel(A, B) if self.kernel == "chi2" else intersection_kernel(A, B)
+        """The kernel matrix, in blocks of rows of A (each row's values are computed alone, so
+        blocks change nothing), with a progress bar."""
+        from cvbench import progress
+
+        fn = chi2_kernel if self.kernel == "chi2" else intersection_kernel
+        rows = max(1, KERNEL_BLOCK_ENTRIES // max(1, len(B)))
+        if len(A) <= rows:
+            return fn(A, B)
+        out = None
+        with progress.bar(len(A), f"{self.kernel} kernel {len(A)} x {len(B)}", unit="row") as bar:
+            for a in range(0, len(A), rows):
+                block = fn(A[a:a + rows], B)
+                if out is None:
+                    out = np.empty((len(A), len(B)), dtype=block.dtype)
+                out[a:a + rows] = block
+                bar.update(len(block))
+        return out
 
     def _map(self, X: np.ndarray) -> np.ndarray:
         return homogeneous_kernel_map(X, self.kernel, self.map_order)
@@ -262,7 +284,10 @@ class AdditiveKernelSVM(_Base):
             self.model_ = OneVsRestClassifier(
                 SVC(kernel="precomputed", C=self.C, random_state=self.seed), n_jobs=self.n_jobs
             )
-            self.model_.fit(K, y)
+            from cvbench import progress
+
+            with progress.stage(f"SVM: one-vs-rest on the {len(K)} x {len(K)} kernel"):
+                self.model_.fit(K, y)
             self.converged_ = True
         else:
             self.model_ = _linear_svc(self.C, self.seed, self.max_iter)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
-from cvbench.cache import CORRUPT, discard
+from cvbench.cache import CORRUPT, discard, note
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.paths import cache_dir
@@ -102,7 +102,10 @@ def fit_fisher_model(X: np.ndarray, pca_dim: int, n_components: int, seed: int =
                         f"{max(n_components, pca_dim)} descriptors, got {len(X)}")
     if not 1 <= pca_dim <= X.shape[1]:
         raise UserError(f"pca_dim must be in 1..{X.shape[1]}, got {pca_dim}")
-    with threadpool_limits(1):
+    from cvbench import progress
+
+    with threadpool_limits(1), progress.stage(
+            f"vocabulary: PCA to {pca_dim} dims + {n_components}-component GMM on {len(X)} descriptors"):
         pca = PCA(n_components=int(pca_dim), random_state=int(seed)).fit(X)
         Z = pca.transform(X).astype(np.float32)
         gmm = GaussianMixture(n_components=int(n_components), covariance_type="diag",
@@ -256,11 +259,11 @@ def encode_split(split, p: SiftParams, model: FisherModel, rootsift: bool, level
 
     def compute() -> np.ndarray:
         rows = encode_images(split, p, _encode_batch, (model, rootsift, levels), n_jobs,
-                             joblib_backend)
+                             joblib_backend, stage="Fisher vectors")
         n_cells = sum(4**lvl for lvl in range(int(levels) + 1))
         return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, n_cells * model.dim), np.float32)
 
-    return cached_matrix(cache_dir("fisher") / f"{key}.npy", compute)
+    return cached_matrix(cache_dir("fisher") / f"{key}.npy", compute, "Fisher vectors")
 
 
 @register_method(
@@ -318,9 +321,12 @@ class FisherSift(Method):
         path = cache_dir("vocab") / f"{key}.npz"
         if path.is_file():
             try:
-                return FisherModel.from_bytes(path.read_bytes()), True, {}
+                model = FisherModel.from_bytes(path.read_bytes())
+                note("vocabulary", hit=True)
+                return model, True, {}
             except CORRUPT as exc:
                 discard(path, exc)
+        note("vocabulary", hit=False)
         t0 = time.perf_counter()
         sample, _ = sample_descriptors(split, pv, int(self.vocab_sample), int(self.seed), self.n_jobs,
                                        self.joblib_backend, build_store=pv.step == p.step)

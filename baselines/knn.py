@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from cvbench.cache import CORRUPT, discard
+from cvbench.cache import CORRUPT, discard, note
 from cvbench.errors import UserError
 
 METRICS = ("l1", "l2", "cosine", "chi2")
@@ -163,6 +163,7 @@ class _NeighbourCache:
             if hit is not None and hit[0].shape[1] >= k:
                 self._mem.move_to_end(key)
                 self.hits += 1
+                note("neighbours", hit=True, n=len(hit[0]))
                 return hit
         if disk:
             path = self._path(key)
@@ -177,6 +178,7 @@ class _NeighbourCache:
                     self._put_mem(key, hit)
                     with self._lock:
                         self.hits += 1
+                    note("neighbours", hit=True, n=len(hit[0]))
                     return hit
         with self._lock:
             self.misses += 1
@@ -252,12 +254,18 @@ def nearest_neighbours(
         hit = NEIGHBOUR_CACHE.get(key, k, disk)
         if hit is not None:
             return hit[0][:, :k], hit[1][:, :k]
+    if cache:
+        note("neighbours", hit=False, n=len(test_X))
     rows = max(1, chunk_elems // max(n_train, 1))
     idx = np.empty((len(test_X), k_store), dtype=np.int64)
     dist = np.empty((len(test_X), k_store), dtype=np.float64)
-    for start in range(0, len(test_X), rows):
-        D = pairwise_distances(test_X[start : start + rows], train_X, metric)
-        idx[start : start + rows], dist[start : start + rows] = _topk_sorted(D, k_store)
+    from cvbench import progress
+
+    with progress.bar(len(test_X), f"k-NN distances ({metric}, {n_train} training rows)") as bar:
+        for start in range(0, len(test_X), rows):
+            D = pairwise_distances(test_X[start : start + rows], train_X, metric)
+            idx[start : start + rows], dist[start : start + rows] = _topk_sorted(D, k_store)
+            bar.update(len(D))
     if cache:
         idx.setflags(write=False)  # shared by every later caller: keep it intact
         dist.setflags(write=False)

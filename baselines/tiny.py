@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cvbench.cache import CORRUPT, CacheCorrupt, discard
+from cvbench.cache import CORRUPT, CacheCorrupt, discard, note
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.split import Split
@@ -85,22 +85,28 @@ def _decode_parallel(paths: np.ndarray, size: int, crop: bool, n_jobs: int | Non
                      backend: str) -> np.ndarray:
     from joblib import Parallel, delayed, effective_n_jobs, parallel_config
 
+    from cvbench import progress
     from cvbench.parallel import map_batches, scheduler_address
 
+    desc = f"tiny images {size}x{size}"
     paths = [str(p) for p in paths]
     if scheduler_address() and len(paths) >= 64:  # a Dask cluster (cvbench.parallel)
         bounds = np.linspace(0, len(paths), min(len(paths) // 16, 256) + 1).astype(int)
         chunks = [paths[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        return np.concatenate(list(map_batches(_tiny_batch, chunks, (size, crop))))
+        return np.concatenate(list(map_batches(_tiny_batch, chunks, (size, crop), desc=desc)))
     with parallel_config(backend=backend, n_jobs=n_jobs):
         jobs = effective_n_jobs()
         if jobs == 1 or len(paths) < 64:
             return _tiny_batch(paths, size, crop)
-        n_batches = min(len(paths), 4 * jobs)
+        n_batches = min(len(paths), 16 * jobs)  # small enough batches for the bar to move
         bounds = np.linspace(0, len(paths), n_batches + 1).astype(int)
-        parts = Parallel()(
-            delayed(_tiny_batch)(paths[a:b], size, crop) for a, b in zip(bounds[:-1], bounds[1:])
-        )
+        parts = []
+        with progress.bar(len(paths), desc) as bar:
+            for part in Parallel(return_as="generator")(
+                delayed(_tiny_batch)(paths[a:b], size, crop) for a, b in zip(bounds[:-1], bounds[1:])
+            ):
+                parts.append(part)
+                bar.update(len(part))
     return np.concatenate(parts)
 
 
@@ -127,8 +133,10 @@ def tiny_images(
                     _mem_cache[key] = hit
         if hit is not None:
             _stats["hits"] += 1
+            note("tiny images", hit=True, n=len(split))
             return hit
     _stats["misses"] += 1
+    note("tiny images", hit=False, n=len(split))
     if len(split) == 0:
         out = np.zeros((0, size, size), np.float32)
     elif split.in_memory:

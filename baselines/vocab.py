@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cvbench.atomic import atomic_write_bytes
-from cvbench.cache import CORRUPT, discard
+from cvbench.cache import CORRUPT, discard, note
 from cvbench.errors import UserError
 from cvbench.paths import cache_dir
 
@@ -77,6 +77,13 @@ def kmeans(X: np.ndarray, k: int, backend: str = "auto", seed: int = 0, n_iter: 
     if len(X) < k:
         raise UserError(f"vocabulary of {k} words needs at least {k} descriptors, got {len(X)}")
     backend = resolve_kmeans_backend(backend)
+    from cvbench import progress
+
+    with progress.stage(f"vocabulary: k-means, {k} words from {len(X)} descriptors ({backend})"):
+        return _kmeans(X, k, backend, seed, n_iter, n_threads)
+
+
+def _kmeans(X: np.ndarray, k: int, backend: str, seed: int, n_iter: int, n_threads: int) -> np.ndarray:
     if backend == "faiss":
         faiss = import_faiss()
         km = faiss.Kmeans(X.shape[1], int(k), niter=int(n_iter), seed=int(seed) + 1234,
@@ -119,13 +126,15 @@ def vocab_path(key: str) -> Path:
 def load_vocabulary(key: str) -> np.ndarray | None:
     """The cached vocabulary for `key`, or None."""
     path = vocab_path(key)
-    if not path.is_file():
-        return None
-    try:
-        return np.load(path, allow_pickle=False)
-    except CORRUPT as exc:
-        discard(path, exc)
-        return None
+    if path.is_file():
+        try:
+            centres = np.load(path, allow_pickle=False)
+            note("vocabulary", hit=True)
+            return centres
+        except CORRUPT as exc:
+            discard(path, exc)
+    note("vocabulary", hit=False)
+    return None
 
 
 def save_vocabulary(key: str, centres: np.ndarray) -> Path:

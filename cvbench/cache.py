@@ -32,12 +32,22 @@ def discard(path: str | Path, reason: BaseException | str) -> None:
 
 # ---------------------------------------------------------------- which stages a cache served
 _USAGE: dict[str, list[int]] = {}
+_MADE: set[tuple[str, str]] = set()  # (stage, key) computed inside the current usage block
 
 
-def note(stage: str, hit: bool, n: int = 1) -> None:
+def note(stage: str, hit: bool, n: int = 1, key: str | None = None) -> None:
     """Count a cache lookup of `stage` ("descriptors", "embeddings", ...): `n` items found
     (hit) or computed (miss). The runner reads the counts into each record (`usage`), so a
-    record says which of its stages a cache served and a page can tell cold runs from warm."""
+    record says which of its stages a cache served and a page can tell cold runs from warm.
+
+    With `key` (the entry's path or hash), reading back an entry this block computed itself
+    (a fit that writes the descriptor store in one pass and reads it in the next) is not a
+    hit: the run paid for it."""
+    if key is not None:
+        if hit and (stage, key) in _MADE:
+            return
+        if not hit:
+            _MADE.add((stage, key))
     counts = _USAGE.setdefault(stage, [0, 0])
     counts[0 if hit else 1] += int(n)
 
@@ -48,10 +58,14 @@ class usage:
 
     def __enter__(self) -> usage:
         self._before = {k: list(v) for k, v in _USAGE.items()}
+        self._made_before = set(_MADE)
+        _MADE.clear()
         self.counts: dict[str, dict[str, int]] = {}
         return self
 
     def __exit__(self, *exc) -> None:
+        _MADE.clear()
+        _MADE.update(self._made_before)
         for stage, (h, m) in _USAGE.items():
             h0, m0 = self._before.get(stage, [0, 0])
             if h - h0 or m - m0:

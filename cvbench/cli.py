@@ -404,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--jobs", type=int, default=None,
                          help="worker processes for decoding and feature extraction: 1 to 256, or -1 "
                               "for every core (default: the method's own)")
+    running.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                         help="send the classical per-image work (dense SIFT, encodings, tiny images) "
+                              "to this Dask scheduler (needs the 'dask' extra; default: "
+                              "$CVBENCH_SCHEDULER, else local worker processes)")
     running.add_argument("--skip-bad", action="store_true",
                          help="skip undecodable images (counted in the record) instead of stopping")
     seed_help = "seed of the run, an integer >= 0 (default 0); tasks that draw their split draw it with it"
@@ -493,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = tuple(argv)
     try:
+        if getattr(args, "scheduler", None):
+            from cvbench.parallel import use_scheduler
+
+            use_scheduler(args.scheduler)
         return args.fn(args)
     except UserError as exc:
         print(f"cvbench: error: {exc}", file=sys.stderr)

@@ -67,12 +67,26 @@ def dask_client(address: str):
 
 
 def map_batches(fn: Callable, batches: list, args: tuple = (), n_jobs: int | None = None,
-                backend: str = "loky") -> Iterator[Any]:
+                backend: str = "loky", desc: str | None = None, unit: str = "img") -> Iterator[Any]:
     """fn(batch, *args) for every batch, yielded in order.
 
     With a scheduler (see the module docstring) the batches run on the Dask cluster, whatever
     n_jobs and backend say; otherwise on `n_jobs` local joblib workers (None or -1: one per
-    core; 1, or a single batch: in this process) of joblib backend `backend`."""
+    core; 1, or a single batch: in this process) of joblib backend `backend`. With `desc`, a
+    progress bar (cvbench.progress) advances by len(batch) as each batch comes back."""
+    if desc is None:
+        yield from _map_batches(fn, batches, args, n_jobs, backend)
+        return
+    from cvbench import progress
+
+    with progress.bar(sum(len(b) for b in batches), desc, unit=unit) as bar:
+        for b, out in zip(batches, _map_batches(fn, batches, args, n_jobs, backend), strict=True):
+            yield out
+            bar.update(len(b))
+
+
+def _map_batches(fn: Callable, batches: list, args: tuple, n_jobs: int | None,
+                 backend: str) -> Iterator[Any]:
     from joblib import Parallel, delayed, parallel_config
 
     address = scheduler_address()

@@ -82,6 +82,7 @@ ENVIRONMENT = (
     ("CVBENCH_TASKS", "folders holding task folders of your own (os.pathsep-separated)"),
     ("CVBENCH_WEIGHTS", "folders or files of pretrained weights you provide (torchvision checkpoints)"),
     ("CVBENCH_PLUGINS", "modules to import that register methods of your own (comma-separated)"),
+    ("CVBENCH_SCHEDULER", "a Dask scheduler tcp://host:port for the classical per-image work (--scheduler sets it)"),
     ("CVBENCH_PROGRESS", "0 silences every progress bar, 1 draws them where stderr is not a terminal "
                          "(default: bars on a terminal only; --no-progress silences them)"),
 )

@@ -53,6 +53,11 @@ def enabled() -> bool:
     return _on_terminal_or_forced()
 
 
+def _silenced() -> bool:
+    env = os.environ.get("CVBENCH_PROGRESS", "").strip().lower()
+    return _switch is False or env in {"0", "false", "no", "off"}
+
+
 def _on_terminal_or_forced() -> bool:
     env = os.environ.get("CVBENCH_PROGRESS", "").strip().lower()
     if env in {"0", "false", "no", "off"}:
@@ -65,12 +70,15 @@ def _on_terminal_or_forced() -> bool:
         return False
 
 
-def bar(total: int | None, desc: str, unit: str = "img", show: bool = True, **kwargs):
-    """A tqdm bar for one stage; `show=False` (a caller's own switch) keeps it silent.
-    Use it as a context manager and call `.update(n)`."""
+def bar(total: int | None, desc: str, unit: str = "img", show: bool = True, force: bool = False,
+        **kwargs):
+    """A tqdm bar for one stage; `show=False` (a caller's own switch) keeps it silent and
+    `force=True` (a caller asked for bars explicitly) draws it off a terminal too, unless
+    --no-progress or CVBENCH_PROGRESS=0 said otherwise. Use it as a context manager and call
+    `.update(n)`."""
     from tqdm.auto import tqdm
 
-    drawn = bool(show) and enabled()
+    drawn = bool(show) and (enabled() or (force and not _silenced()))
     opts = dict(leave=False, dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
     opts.update(kwargs)
     return tqdm(total=total, desc=desc, unit=unit, disable=not drawn, **opts)
@@ -85,3 +93,12 @@ def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "
         for item in items:
             yield item
             b.update(1)
+
+
+@contextmanager
+def stage(desc: str, show: bool = True) -> Iterator[None]:
+    """A one-line marker for a stage that cannot count its steps (a k-means or EM fit inside
+    a library): its name while it runs, cleared when it ends."""
+    with bar(None, desc, unit="", show=show, bar_format="{desc} ...") as b:
+        b.refresh()
+        yield

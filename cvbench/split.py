@@ -266,7 +266,12 @@ def drop_unreadable(split: Split, n_jobs: int = 4) -> Split:
         except BadImageError:
             return False
 
-    good = np.array(Parallel(n_jobs=n_jobs, prefer="threads")(delayed(ok)(p) for p in split.items))
+    from cvbench import progress
+
+    checks = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+        delayed(ok)(p) for p in split.items)
+    good = np.array(list(progress.track(checks, f"checking {split.name} (--skip-bad)",
+                                        total=len(split))))
     if good.all():
         return split
     bad = [str(p) for p in split.items[~good]]

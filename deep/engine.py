@@ -400,7 +400,7 @@ class ProgressBar(Callback):
 
     def on_epoch_start(self, trainer, state):
         desc = f"{self.desc} epoch {state.epoch + 1}/{state.epochs}"
-        self.bar = progress.bar(state.steps_per_epoch, desc, unit="step")
+        self.bar = progress.bar(state.steps_per_epoch, desc, unit="step", force=True)
 
     def on_step_end(self, trainer, state):
         if state.step % self.every == 0:
@@ -683,7 +683,7 @@ class Trainer:
 
     def _show_progress(self) -> bool:
         if self.config.progress is not None:
-            return bool(self.config.progress) and progress.enabled() and self.dist.is_main
+            return bool(self.config.progress) and self.dist.is_main
         return progress.enabled() and self.dist.is_main
 
     def _call(self, hook: str, state: FitState) -> None:

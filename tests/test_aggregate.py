@@ -256,13 +256,31 @@ def test_a_row_shows_its_own_runtime_cold_and_says_mean_of_n(tmp_path):
 
 
 def test_the_runner_records_which_stages_a_cache_served(tmp_path):
+    from cvbench.baselines import knn, tiny
     from cvbench.plan import RunSpec
     from cvbench.run import run_one
 
+    tiny._mem_cache.clear()  # this process may hold the demo's thumbnails from another test
+    knn.NEIGHBOUR_CACHE.clear()
     first = run_one("demo", RunSpec("tiny-knn", params={"size": 8}), RunOptions(save=False, progress=False))
     again = run_one("demo", RunSpec("tiny-knn", params={"size": 8, "k": 3}), RunOptions(save=False, progress=False))
-    assert first.cache_hits is not None and again.cache_hits is not None
+    assert first.cache_hits == () and "tiny images" in again.cache_hits  # a fresh cache per test
     assert "info" in first.to_json() and isinstance(first.info["cache"]["fit"], dict)
+
+
+def test_a_cold_bag_of_words_run_is_cold_although_it_reads_back_its_own_store():
+    """The fit writes the descriptor store while sampling the vocabulary and reads it to encode:
+    that is not a cache hit. A second run (another k) finds vocabulary and histograms cached."""
+    from cvbench.plan import RunSpec
+    from cvbench.run import run_one
+
+    opts = RunOptions(save=False, progress=False)
+    params = {"vocab_size": 8, "step": 4, "k": 1}
+    first = run_one("demo", RunSpec("bow-sift", params=params), opts)
+    again = run_one("demo", RunSpec("bow-sift", params={**params, "k": 3}), opts)
+    assert first.cache_hits == (), first.info["cache"]
+    assert first.info["cache"]["fit"]["descriptors"]["misses"] > 0
+    assert {"vocabulary", "bag-of-words histograms"} <= set(again.cache_hits), again.info["cache"]
 
 
 # ---------------------------------------------------------------- 6. rank groups

@@ -35,6 +35,20 @@ def test_unreachable_scheduler_is_a_user_error(monkeypatch):
         list(parallel.map_batches(divmod, [1], (1,)))
 
 
+def test_the_scheduler_flag_reaches_the_classical_work(monkeypatch, capsys):
+    """`--scheduler` is the CLI's way to set it: an unreachable address is one sentence, exit 2."""
+    pytest.importorskip("distributed")
+    from cvbench import cli
+
+    monkeypatch.setenv(parallel.SCHEDULER_ENV, "")  # restored after the test, whatever the CLI sets
+    monkeypatch.setattr(parallel, "_clients", {})
+    monkeypatch.setattr(parallel, "CONNECT_TIMEOUT_S", 1)
+    code = cli.main(["run", "demo", "bow-sift", "--set", "vocab_size=4", "--no-save", "--no-progress",
+                     "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err, err[-500:]
+
+
 def _as_files(split, folder):
     """The split's images as 64 PNG files (tiny images decode files in parallel from 64 on)."""
     from PIL import Image
