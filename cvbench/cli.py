@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -40,7 +41,6 @@ def _options(args, **over):
 
 
 def cmd_list(args) -> int:
-    import os
 
     from .method_index import method_index
     from .tasks import list_tasks
@@ -130,7 +130,6 @@ def _where(args, adhoc: bool) -> None:
 
 
 def cmd_suite(args) -> int:
-    import os
 
     from .run import run_suite
 
@@ -509,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         print("cvbench: interrupted; run the same command again to resume (finished runs are kept)",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cvbench list | head`: the reader left; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -594,3 +594,13 @@ def test_cvbench_list_imports_neither_torch_nor_sklearn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("[]"), out.stdout[-300:]
     assert "tiny-knn" in out.stdout and "cnn-retrieval" in out.stdout
+
+
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """`cvbench list | head -1`: no BrokenPipeError traceback when the reader leaves."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(f"{sys.executable} -m cvbench.cli list | head -1", shell=True,
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.startswith("Tasks") and "Traceback" not in out.stderr, out.stderr[-500:]
