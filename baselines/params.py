@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cvbench.params import AnyOf, Bool, Choice, Float, Int, Text
+from cvbench.params import AnyOf, Bool, Choice, Float, Int, Jobs, Text
 
 from .classifiers import CLASSIFIERS, KERNEL_MODES
 from .encode import ENCODINGS, HIST_NORMS
@@ -15,7 +15,7 @@ JOBLIB_BACKENDS = ("loky", "threading", "multiprocessing", "dask", "ray")
 
 RUNTIME = {
     "seed": Int(0),
-    "n_jobs": Int(-1, 256, none=True),
+    "n_jobs": Jobs(),
     "joblib_backend": Choice(*JOBLIB_BACKENDS),
 }
 KNN = {

@@ -78,6 +78,25 @@ class Int(Spec):
 
 
 @dataclass(frozen=True)
+class Jobs(Spec):
+    """Worker processes, as joblib counts them: -1 (every core) or 1..hi; None is the method's
+    own choice. 0 means nothing to joblib and is refused here, before the fit."""
+
+    hi: int = 256
+    none: bool = True
+
+    def check(self, value, context):
+        if value is None:
+            return None if self.none else self.describe()
+        if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or 1 <= value <= self.hi):
+            return self.describe()
+        return None
+
+    def describe(self) -> str:
+        return f"-1 (every core) or a number of processes from 1 to {self.hi}{self._none()}"
+
+
+@dataclass(frozen=True)
 class Float(Spec):
     """A real number in [lo, hi] (or (lo, hi] with lo_open); ints are accepted."""
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from cvbench.corruptions import corrupt_batch, parse_list
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, key_params, register_method
-from cvbench.params import AnyOf, Anything, Bool, Choice, Float, Int, Text
+from cvbench.params import AnyOf, Anything, Bool, Choice, Float, Int, Jobs, Text
 from cvbench.paths import cache_dir
 from cvbench.split import Split, carve_validation
 
@@ -109,7 +109,7 @@ DEEP_PARAMETERS = {
     "eval_batch_size": Int(1, none=True),
     "seed": Int(0),
     "device": Anything(),
-    "n_jobs": Int(-1, 256, none=True),
+    "n_jobs": Jobs(),
     "resume": Bool(),
 }
 

@@ -32,7 +32,7 @@ from cvbench.corruptions import parse_list
 from cvbench.errors import UserError
 from cvbench.methods import Method, Scores, register_method
 from cvbench.metrics import quadratic_weighted_kappa_fast
-from cvbench.params import Anything, Bool, Choice, Float, Int, Seq, Text
+from cvbench.params import Anything, Bool, Choice, Float, Int, Jobs, Seq, Text
 from cvbench.split import Split, carve_validation
 
 from .embeddings import PRECISIONS, RESIZE_MODES, TTA_MODES, embed_split
@@ -84,7 +84,7 @@ EMBEDDING_PARAMETERS = {
     "precision": Choice(*PRECISIONS),
     "seed": Int(0),
     "device": Anything(),
-    "n_jobs": Int(-1, 256, none=True),
+    "n_jobs": Jobs(),
 }
 
 

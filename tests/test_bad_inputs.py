@@ -198,6 +198,7 @@ def test_a_truncated_descriptor_store_is_rebuilt(tmp_path, capsys):
     (["run", "demo", "tiny-knn", "--set", "k=[]"], "sweep k = [] is empty"),
     (["run", "demo", "tiny-knn", "--jobs", "0"], "--jobs must be -1 (every core) or a number of processes from 1 to 256, got 0"),
     (["run", "demo", "tiny-knn", "--jobs", "-2"], "got -2"),
+    (["run", "demo", "bow-sift", "--set", "n_jobs=0"], "n_jobs = 0 is not valid; expected -1 (every core)"),
     (["run", "demo", "tiny-knn", "--jobs", "100000"], "got 100000"),
     (["run", "demo", "tiny-knn", "--seed", "-5"], "seed -5 is not valid: expected an integer >= 0"),
     (["tune", "demo", "tiny-knn", "--seed", "-5"], "seed -5 is not valid"),
