@@ -18,9 +18,10 @@ import pytest
 from PIL import Image
 
 from cvbench.deep import embeddings
-from cvbench.deep.backbones import get_backbone, package_dir
+from cvbench.deep.backbones import get_backbone
 from cvbench.deep.embeddings import embed_split
 from cvbench.deep.probe import LinearProbe
+from cvbench.deep.weights import package_dir
 from cvbench.split import Split
 from tests.benchmarks.guard import paired_ratio
 from tests.conftest import task_data
