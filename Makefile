@@ -41,7 +41,7 @@ DEMO_LEADERBOARD ?= .cache/demo-leaderboard
 venv-unlocked:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained,infer]"
 
 lock:
 	$(PY) scripts/lock.py

@@ -1,6 +1,6 @@
-"""Decode at the size you need (issue 24): a decode that resizes to a fixed size
-(`Split.pixels`) decodes JPEGs through the decoder's reduced-size mode, and the result stays
-close to a full decode + the same resize."""
+"""Decode at the size you need (issue 24): every decode that resizes to a fixed size (the
+embeddings' `load_batch`, `Split.pixels`) decodes JPEGs through the decoder's reduced-size
+mode, and the result stays close to a full decode + the same resize."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cvbench import images
-from cvbench.deep.embeddings import prepare
+from cvbench.deep.embeddings import load_batch, prepare
 from cvbench.images import decode_item, fixed_size_draft, load_image
 from cvbench.split import Split
 
@@ -54,8 +54,15 @@ def test_no_reduction_below_four_times_the_target(tmp_path):
     """Images under 4x the target on a side decode in full: the same pixels as before."""
     small = photo(tmp_path / "s.jpg", 500, 300)
     for size in (96, 128, 224):
-        img = decode_item(small, draft=fixed_size_draft(size))
-        np.testing.assert_array_equal(prepare(img, size), full_reference(small, size))
+        np.testing.assert_array_equal(load_batch([small], size)[0], full_reference(small, size))
+
+
+def test_gray_files_resize_one_channel_with_the_same_pixels(tmp_path):
+    g = photo(tmp_path / "g.jpg", 300, 200, gray=True)
+    assert decode_item(g, mode="native").ndim == 2
+    batch = load_batch([g, g], 64, "crop")
+    np.testing.assert_array_equal(batch[0], prepare(load_image(g, "rgb"), 64, "crop"))
+    assert (batch[..., 0] == batch[..., 2]).all()
 
 
 def test_png_is_never_drafted(tmp_path):
@@ -65,7 +72,7 @@ def test_png_is_never_drafted(tmp_path):
 
 
 def test_every_fixed_size_decode_path_drafts(large, tmp_path, monkeypatch):
-    """Split.pixels asks the decoder for fixed_size_draft."""
+    """load_batch (embeddings) and Split.pixels ask the decoder for fixed_size_draft."""
     seen = []
     real = images._decode_pil
 
@@ -74,6 +81,9 @@ def test_every_fixed_size_decode_path_drafts(large, tmp_path, monkeypatch):
         return real(path, mode, max_side, draft)
 
     monkeypatch.setattr(images, "_decode_pil", spy)
+    load_batch([large], 96)
+    assert seen == [fixed_size_draft(96)]
+    seen.clear()
     split = Split(items=[large, large], labels=np.array([0, 1]), classes=("a", "b"),
                   name="t/train", root=str(tmp_path))
     px = split.pixels(32, "rgb", n_jobs=1)
