@@ -6,7 +6,7 @@ itself (the reference, the training path and the fallback), ONNX Runtime or Open
 
 `runtime="auto"` takes the fastest installed runtime for the precision, in an order measured
 at 224 px, batch 32 (README, "Inference runtimes and bf16"): fp32 OpenVINO then ONNX Runtime
-on Intel CPUs (the project's shared Xeon: OpenVINO 1.5-1.8x ONNX Runtime, decode included),
+on Intel CPUs (the project's shared Xeon: OpenVINO 1.4-1.7x ONNX Runtime, decode included),
 ONNX Runtime then OpenVINO elsewhere (the 2-core AMD EPYC of issue 24: ONNX Runtime 145
 images/s, OpenVINO 90, torch 79, network alone); bf16 OpenVINO (AVX-512 bf16 / AMX kernels;
 ONNX Runtime has no bf16 CPU kernels), else torch autocast; fp16 and every CUDA device:
@@ -66,21 +66,32 @@ def available() -> list[str]:
     return out
 
 
-def cpu_vendor() -> str:
+def _cpuinfo(field: str) -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
 
 
+def cpu_vendor() -> str:
+    return _cpuinfo("vendor_id")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes in bf16 natively (AVX-512 bf16 or AMX): OpenVINO only runs
+    bf16 there (elsewhere it falls back to f32, which would not be what was asked)."""
+    flags = set(_cpuinfo("flags").split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def preference(precision: str) -> list[str]:
     """Runtimes in the order `auto` tries them for `precision` on the CPU (see the doc)."""
     if precision == "bf16":
-        return ["openvino", "torch"]
+        return ["openvino", "torch"] if cpu_has_bf16() else ["torch"]
     if precision == "fp32":
         fast = ["openvino", "onnxruntime"] if cpu_vendor() == "GenuineIntel" \
             else ["onnxruntime", "openvino"]
@@ -157,14 +168,17 @@ def _export_desc(src: Source, size: int) -> dict[str, Any]:
             "fused": True, "input": "uint8 NHWC RGB", "v": EXPORT_VERSION}
 
 
+def _export_key(src: Source, size: int) -> str:
+    blob = json.dumps(_export_desc(src, size), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def onnx_path(bb, size: int) -> Path:
     """Where the export of `bb` (a Backbone or a Source) at `size` is cached."""
     from cvbench.paths import cache_dir
 
     src = Source.of(bb)
-    blob = json.dumps(_export_desc(src, size), sort_keys=True)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return cache_dir("onnx") / f"{src.spec.name}-{digest}.onnx"
+    return cache_dir("onnx") / f"{src.spec.name}-{_export_key(src, size)}.onnx"
 
 
 def _graph(bb):
@@ -238,16 +252,18 @@ class Engine:
 
     runtime = ""
     precision = "fp32"
+    _lock = threading.Lock()  # one call at a time per process (sessions are shared)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def embed(self, batch: np.ndarray, tta: str = "none") -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        if tta == "flip":
-            f = self._run(np.concatenate([batch, batch[:, :, ::-1]]))
-            return 0.5 * (f[: len(batch)] + f[len(batch):])
-        return self._run(batch)
+        with self._lock:
+            if tta == "flip":
+                f = self._run(np.concatenate([batch, batch[:, :, ::-1]]))
+                return 0.5 * (f[: len(batch)] + f[len(batch):])
+            return self._run(batch)
 
 
 class OrtEngine(Engine):
@@ -261,7 +277,8 @@ class OrtEngine(Engine):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle pool threads sleep instead of spinning: the decode thread needs the cores
+        # idle pool threads sleep instead of spinning: between calls the decode threads
+        # need the cores
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         self.session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
@@ -297,12 +314,14 @@ class OpenVinoEngine(Engine):
 
 def compile_backbone(bb, size: int, runtime: str, precision: str, threads: int) -> Engine:
     """`bb` (a loaded torch Backbone, or a Source that loads it only if the export is not
-    cached yet) compiled for `runtime` at `size`; compiled once per process."""
-    key = (str(onnx_path(bb, size)), runtime, precision, int(threads))
+    cached yet) compiled for `runtime` at `size`; compiled once per process (keyed by what
+    the export is made from, not where it is cached)."""
+    src = Source.of(bb)
+    key = (_export_key(src, size), runtime, precision, int(threads))
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            model = export_onnx(bb, size)
+            model = export_onnx(src, size)
             engine = OrtEngine(model, threads) if runtime == "onnxruntime" \
                 else OpenVinoEngine(model, threads, precision)
             _ENGINES[key] = engine

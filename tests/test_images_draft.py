@@ -21,10 +21,11 @@ def photo(path, w: int, h: int, seed: int = 0, gray: bool = False):
     rng = np.random.default_rng(seed)
     base = cv2.resize(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8), (w, h),
                       interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base += 25 * np.sin(xx / 9.0 + yy / 13.0)[..., None]
+    texture = 12 * (np.sin(np.arange(w, dtype=np.float32) / 9)[None, :]
+                    + np.sin(np.arange(h, dtype=np.float32) / 13)[:, None])
+    base += texture[..., None] + rng.standard_normal(base.shape, dtype=np.float32) * 6
     base[h // 3 : h // 2, w // 4 : w // 2] = 240  # a sharp-edged bright block
-    img = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    img = np.clip(base, 0, 255).astype(np.uint8)
     im = Image.fromarray(img)
     (im.convert("L") if gray else im).save(path, quality=90)
     return path

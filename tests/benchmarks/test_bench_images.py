@@ -46,9 +46,10 @@ def large_photo(tmp_path_factory):
     rng = np.random.default_rng(0)
     base = cv2.resize(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8), (3000, 2000),
                       interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    yy, xx = np.mgrid[0:2000, 0:3000]
-    base += 20 * np.sin(xx / 5.0 + yy / 11.0)[..., None]
-    img = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    texture = 10 * (np.sin(np.arange(3000, dtype=np.float32) / 5)[None, :]
+                    + np.sin(np.arange(2000, dtype=np.float32) / 11)[:, None])
+    base += texture[..., None] + rng.standard_normal(base.shape, dtype=np.float32) * 6
+    img = np.clip(base, 0, 255).astype(np.uint8)
     path = tmp_path_factory.mktemp("large") / "photo.jpg"
     Image.fromarray(img).save(path, quality=90)
     return path
