@@ -49,7 +49,7 @@ DEMO_LEADERBOARD ?= .cache/demo-leaderboard
 venv-unlocked:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained,dask]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,faiss,pretrained,dask,infer]"
 
 lock:
 	$(PY) scripts/lock.py

@@ -27,7 +27,8 @@ A registered method runs under every condition of every task (compositions, occl
 the runner applies conditions to the splits, never to the method. Parameters are declared in
 `parameters` (cvbench.params) and checked by `validate_params` before any fit.
 
-Some parameter names say how to run, not what: `RUNTIME_PARAMS`. The runner fills in
+Some parameter names say how to run, not what: `RUNTIME_PARAMS` (`runtime`: which inference
+runtime embeds, all of them tested equal to torch's fp32 embeddings). The runner fills in
 `seed`, `device` and `n_jobs` when a method declares them; runtime parameters never enter the
 run key. After `fit`, a method may set `info_` (a JSON-able dict: backend, learning curves,
 budget, ...) and the runner stores it in the record.
@@ -50,7 +51,7 @@ from .method_index import MethodInfo, first_paragraph, method_index
 from .params import validate_params
 
 #: How to run, not what: never part of a run key, never shown as a varying parameter.
-RUNTIME_PARAMS = ("device", "n_jobs", "resume", "joblib_backend")
+RUNTIME_PARAMS = ("device", "n_jobs", "resume", "joblib_backend", "runtime")
 #: Not part of what a configuration is (the seed varies within one): left out of tables.
 HIDDEN_PARAMS = (*RUNTIME_PARAMS, "seed")
 FAMILIES = ("classical", "deep", "pretrained", "baseline")

@@ -2,8 +2,12 @@
 
 `split_pixels(split, size, mode)` squashes every image to size x size (aspect not kept, as the
 studies did), decodes in parallel and caches the array under
-`$CVBENCH_CACHE/pixels/<cache_key>-<size>-<mode>.npy`. A cache file whose shape does not match
-(or that does not load) is recomputed with a one-line warning. It reads a split through its
+`$CVBENCH_CACHE/pixels/<cache_key>-<size>-<mode>-v2.npy`. JPEGs are decoded at the decoder's
+reduced size (`images.fixed_size_draft`: at least twice the target on each side), then
+resized once (v2; v1 decoded in full: the pixels differ only for images at least 4x the
+target on both sides, by under one gray level on average, tests/test_images_draft.py). A
+cache file whose shape does not match (or that does not load) is recomputed with a one-line
+warning. It reads a split through its
 public methods only (this module does not import `cvbench.split`).
 """
 
@@ -17,6 +21,8 @@ from .atomic import atomic_open
 from .cache import CORRUPT, discard, note
 from .errors import BadImageError
 from .paths import cache_dir
+
+PIXELS_VERSION = 2  # 2: JPEGs decoded at reduced size (draft); 1: in full
 
 
 def as_rgb(arr: np.ndarray) -> np.ndarray:
@@ -48,10 +54,19 @@ def _gray(arr: np.ndarray) -> np.ndarray:
 
 
 def _decode_chunk(split, idx: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    from .images import decode_item, fixed_size_draft
+
     out = np.zeros((len(idx), size, size, 3), np.uint8)
+    draft = fixed_size_draft(size)
     for j, i in enumerate(idx):
         try:
-            out[j] = _resize(split.image(int(i), mode="rgb"), size)
+            img = _resize(decode_item(split.items[int(i)], draft=draft, mode="native"), size)
+            if img.ndim == 2:  # gray files resize one channel (same pixels as RGB, less work)
+                cv2.cvtColor(img, cv2.COLOR_GRAY2RGB, dst=out[j])
+            else:
+                out[j] = img
         except BadImageError:
             if not split.meta.get("skip_bad"):
                 raise
@@ -74,7 +89,7 @@ def split_pixels(split, size: int, mode: str = "rgb", n_jobs: int | None = None)
         rgb = as_rgb(split.items)
         rgb = rgb if rgb.shape[1:3] == (size, size) else np.stack([_resize(im, size) for im in rgb])
         return _gray(rgb) if mode == "gray" else rgb
-    path = Path(cache_dir("pixels")) / f"{split.cache_key}-{size}-{mode}.npy"
+    path = Path(cache_dir("pixels")) / f"{split.cache_key}-{size}-{mode}-v{PIXELS_VERSION}.npy"
     expected = (len(split), size, size) + ((3,) if mode == "rgb" else ())
     if path.is_file():
         try:

@@ -71,6 +71,16 @@ class Backbone:
         return f.float().cpu().numpy()
 
 
+def verified_digests(name: str, weights: str | os.PathLike | None = None) -> list[str]:
+    """The SHA-256 of each weights file of backbone `name` (found and verified as
+    load_backbone does) without building the network: what an inference runtime with a
+    cached export of it needs."""
+    spec = get_backbone(name)
+    files = spec.weights_files(spec.embed_kwargs) if spec.kind == "torch" else spec.files
+    paths = resolve_weights(spec, weights, files)
+    return [verify_file(p, wf, spec.name) for p, wf in zip(paths, files)]
+
+
 def load_backbone(name: str, weights: str | os.PathLike | None = None,
                   device: Any = "cpu", fuse: bool = True):
     """The backbone with verified weights, in eval mode, BatchNorm folded (fuse) for speed."""

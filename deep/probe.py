@@ -38,6 +38,7 @@ from cvbench.split import Split, carve_validation
 from .embeddings import PRECISIONS, RESIZE_MODES, TTA_MODES, embed_split
 from .ordinal import grades_from_values, optimise_thresholds, threshold_scores
 from .retrieval import retrieval_scores
+from .runtime import RUNTIMES
 
 DEFAULT_CS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_ALPHAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
@@ -82,6 +83,7 @@ EMBEDDING_PARAMETERS = {
     "val_fraction": Float(0.0, 0.9, lo_open=True),
     "batch_size": Int(1, 4096),
     "precision": Choice(*PRECISIONS),
+    "runtime": Choice(*RUNTIMES),  # how to run, not what (cvbench.methods.RUNTIME_PARAMS)
     "seed": Int(0),
     "device": Anything(),
     "n_jobs": Jobs(),
@@ -98,7 +100,8 @@ class _EmbeddingMethod(Method):
         X, info = embed_split(split, backbone=self.backbone, size=self.size,
                               resize=self.resize, tta=self.tta, weights=self.weights,
                               device=self.device or "cpu", batch_size=self.batch_size,
-                              n_jobs=self.n_jobs, precision=self.precision)
+                              n_jobs=self.n_jobs, precision=self.precision,
+                              runtime=self.runtime)
         return X, info
 
     @staticmethod
@@ -139,9 +142,10 @@ class LinearProbe(_EmbeddingMethod):
                  alphas: tuple | None = None, val_fraction: float = 0.2,
                  class_weight: str | None = None, max_iter: int = 1000,
                  train_corruptions: str | None = None,
-                 batch_size: int = 32, precision: str = "fp32", seed: int = 0,
-                 device: str = "cpu", n_jobs: int | None = None):
+                 batch_size: int = 32, precision: str = "fp32", runtime: str = "auto",
+                 seed: int = 0, device: str = "cpu", n_jobs: int | None = None):
         self.train_corruptions = train_corruptions
+        self.runtime = runtime
         self.backbone = backbone
         self.size = size
         self.resize = resize
@@ -326,7 +330,9 @@ class EmbeddingKNN(_EmbeddingMethod):
                  resize: str = "squash", tta: str = "none", weights: str | None = None,
                  k: int | None = None, scoring: str = "vote", weighted: bool = False,
                  val_fraction: float = 0.2, batch_size: int = 32, precision: str = "fp32",
-                 seed: int = 0, device: str = "cpu", n_jobs: int | None = None):
+                 runtime: str = "auto", seed: int = 0, device: str = "cpu",
+                 n_jobs: int | None = None):
+        self.runtime = runtime
         self.backbone = backbone
         self.size = size
         self.resize = resize

@@ -388,6 +388,7 @@ def test_path_split_is_decoded_once_at_image_size(tmp_path):
     import cv2
 
     from cvbench.paths import cache_dir
+    from cvbench.pixels import PIXELS_VERSION
 
     x, y = _data(6, size=20)
     paths = []
@@ -398,7 +399,7 @@ def test_path_split_is_decoded_once_at_image_size(tmp_path):
     m = TinyClassifier(image_size=10, n_jobs=1)
     pixels = m.pixels(split)
     assert pixels.shape == (6, 10, 10, 3) and pixels.dtype == np.uint8
-    cached = cache_dir("pixels") / f"{split.cache_key}-10-rgb.npy"
+    cached = cache_dir("pixels") / f"{split.cache_key}-10-rgb-v{PIXELS_VERSION}.npy"
     assert cached.is_file()
     assert np.array_equal(np.load(cached), pixels)
     full = TinyClassifier(image_size=20).pixels(split)
