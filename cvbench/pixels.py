@@ -77,9 +77,16 @@ def decode_split(split, size: int, n_jobs: int | None = None) -> np.ndarray:
     """Decode every image of a path-based split to uint8 (N, size, size, 3), in parallel."""
     from joblib import Parallel, delayed
 
+    from . import progress
+
     chunks = np.array_split(np.arange(len(split)), max(1, -(-len(split) // 256)))
     jobs = n_jobs if n_jobs and n_jobs > 0 else 1
-    parts = Parallel(n_jobs=jobs)(delayed(_decode_chunk)(split, c, size) for c in chunks)
+    parts = []
+    with progress.bar(len(split), f"decoding {split.name} at {size} px") as bar:
+        for part in Parallel(n_jobs=jobs, return_as="generator")(
+                delayed(_decode_chunk)(split, c, size) for c in chunks):
+            parts.append(part)
+            bar.update(len(part))
     return np.concatenate(parts) if parts else np.zeros((0, size, size, 3), np.uint8)
 
 

@@ -81,7 +81,8 @@ def _execute(plan, options, report, todo, t0, log, on_record) -> SuiteReport:
                 report.done += 1
                 bar.update(1)
                 if on_record is not None:
-                    on_record(record)
+                    with bar.external_write_mode():  # the line above the bar, not through it
+                        on_record(record)
                 else:
                     primary = record.metric(plan.task.primary)
                     bar.write(f"  {record.label} {_point(record)}: {plan.task.primary} "
@@ -92,8 +93,9 @@ def _execute(plan, options, report, todo, t0, log, on_record) -> SuiteReport:
         except Exception as exc:  # one broken run must not lose a long suite
             for run in runs:
                 report.failed.append((run.spec.short(), f"{type(exc).__name__}: {exc}"))
-            log(f"run failed: {runs[0].spec.short()}: {type(exc).__name__}: {exc}")
-            log("".join(traceback.format_exception(exc, limit=-3)))
+            with bar.external_write_mode():
+                log(f"run failed: {runs[0].spec.short()}: {type(exc).__name__}: {exc}")
+                log("".join(traceback.format_exception(exc, limit=-3)))
             bar.update(len(runs))
     bar.close()
     report.wall_s = time.perf_counter() - t0

@@ -126,3 +126,14 @@ def test_the_kernel_in_blocks_equals_the_kernel_in_one_piece(monkeypatch, kernel
     whole = clf.AdditiveKernelSVM(kernel)._kernel(A, B)
     monkeypatch.setattr(clf, "KERNEL_BLOCK_ENTRIES", 7 * 200)  # 7 rows a block
     np.testing.assert_array_equal(clf.AdditiveKernelSVM(kernel)._kernel(A, B), whole)
+
+
+def test_decoding_and_training_show_bars(tmp_path, monkeypatch, capsys):
+    from cvbench import cli
+
+    monkeypatch.setenv("CVBENCH_PROGRESS", "1")
+    assert cli.main(["run", "scene15", "fastnet", "--set", "epochs=1", "--no-save",
+                     "--data-dir", str(_scene15_folder(tmp_path / "data"))]) == 0
+    err = capsys.readouterr().err
+    for stage in ("decoding scene15/train at 32 px", "fastnet epoch 1/1", "decoding scene15/test"):
+        assert stage in err, (stage, err[-2000:])
