@@ -66,14 +66,17 @@ test: venv
 	$(VENV)/bin/ruff check cvbench baselines deep tests
 	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) tests tests/benchmarks
 
-# Every benchmark, the slow end-to-end ones included, guarded against
-# tests/benchmarks/baseline.json (`pytest --benchmark` is the same without the slow ones).
-# BENCH_ARGS passes more pytest options, e.g. BENCH_ARGS="--benchmark-json=bench.json".
+# Every benchmark, the slow end-to-end ones included, guarded against this machine's entry in
+# tests/benchmarks/baseline.json, or, on a machine without one, against the baseline revision
+# measured beside them (`pytest --benchmark` is the same without the slow ones). BENCH_ARGS
+# passes more pytest options, e.g. BENCH_ARGS="--benchmark-against main" or
+# BENCH_ARGS="--benchmark-json=bench.json".
 BENCH_ARGS ?=
 bench: venv
 	$(PY) -m pytest -p no:cacheprovider --benchmark --benchmark-all $(BENCH_ARGS)
 
-# Refresh the baseline: after an intended speed change or on a new reference machine, idle.
+# Refresh this machine's entry (and the baseline revision): on committed code, after an intended
+# speed change; refused while the 1-minute load average exceeds the cores.
 bench-baseline: venv
 	$(PY) -m pytest -p no:cacheprovider --benchmark --benchmark-all --benchmark-update-baseline $(BENCH_ARGS)
 
