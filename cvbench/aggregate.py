@@ -145,6 +145,46 @@ def validation_score(rec: RunRecord, metric: str) -> tuple[float, str] | None:
     return None
 
 
+def _candidates(rec: RunRecord) -> list[dict[str, Any]]:
+    """The sweep points a record's suite validation selection chose among (empty if none)."""
+    sel = rec.info.get("selection") or {}
+    points = [p.get("params") for p in sel.get("points") or () if isinstance(p, dict)]
+    return [p for p in points if isinstance(p, dict)] if len(points) > 1 else []
+
+
+def superseded(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """(current, superseded) records. A record is superseded when a later record of the same
+    label, data variant, conditions and quick flag was chosen by a validation selection
+    (select = "validation") among points that include the earlier record's configuration and
+    did not choose it: a test-split run of a point the selection turned down, left from before
+    the block chose on validation (or from an older selection). Tables show only the
+    current records; counting a turned-down point's test score would make the headline a
+    best-of-test again."""
+    selections: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        if _candidates(r):
+            selections[_place(r)].append(r)
+    if not selections:
+        return list(records), []
+    current, old = [], []
+    for r in records:
+        newer = [s for s in selections.get(_place(r), ()) if s.started > r.started
+                 and config_id(s) != config_id(r)]
+        if any(_matches(r, p) for s in newer for p in _candidates(s)):
+            old.append(r)
+        else:
+            current.append(r)
+    return current, old
+
+
+def _place(r: RunRecord) -> tuple:
+    return (r.label, r.variant, json.dumps(r.conditions, sort_keys=True, default=str), r.quick)
+
+
+def _matches(rec: RunRecord, point: dict[str, Any]) -> bool:
+    return all(rec.params.get(k) == v for k, v in point.items())
+
+
 @dataclass
 class Config:
     """One configuration over its seeds (see the module docstring)."""

@@ -176,13 +176,14 @@ def _result_line(rec, set_keys=()) -> str:
 
 def _show(task_name: str, root: Path) -> None:
     """Print every row of a task (what its page leads with)."""
+    from .aggregate import superseded
     from .format import fmt_seconds
     from .report import Page, fmt_rank, fmt_row_metric, row_label
     from .results import load_records
     from .tasks import get_task
 
     task = get_task(task_name)
-    records = load_records(task.name, root)
+    records = superseded(load_records(task.name, root))[0]
     page = Page(task, [r for r in records if not r.quick] or records, [], root)
     rows = page.table.rows
     width = max([len(row_label(r)) for r in rows] + [6])
@@ -227,6 +228,7 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     """One method on every task (its standard protocol) into a private leaderboard, next to
     the committed leaderboard's best run per family."""
+    from .aggregate import superseded
     from .format import fmt
     from .paths import leaderboard_dir
     from .plan import expand, plan_runs
@@ -257,7 +259,7 @@ def cmd_eval(args) -> int:
         if not done:
             continue
         rec = done[0]
-        committed = [r for r in load_records(task.name, warn=lambda m: None)
+        committed = [r for r in superseded(load_records(task.name, warn=lambda m: None))[0]
                      if not r.quick and r.test_fingerprint == rec.test_fingerprint]
         best: dict[str, object] = {}
         for r in sorted(committed, key=lambda r: -(r.metric(task.primary) or -1e9)):

@@ -82,12 +82,14 @@ def family_title(page, recs: list[RunRecord]) -> str:
     varying = {k for x in same_method for k, v in x.params.items()
                if k not in vary and repr(v) != repr(r.params.get(k))}
     names = [k for k in TITLE_PARAMS if k in r.params] + sorted(varying - set(TITLE_PARAMS))
-    shown = ", ".join(f"{k}={r.params.get(k)}" for k in names)
+    shown = ", ".join([f"{k}={r.params.get(k)}" for k in names]  # a family's fixed conditions
+                      + [f"{k}={v}" for k, v in sorted(r.conditions.items()) if k not in vary])
     return f"`{r.method}`" + (f" ({shown}, N={r.train_n})" if shown else f" (N={r.train_n})")
 
 
 def family_order(fams) -> list[tuple]:
-    return sorted(fams, key=lambda k: (k[0], k[2], str(k[3])))
+    """By method and training size; a family on clean test images before its corrupted ones."""
+    return sorted(fams, key=lambda k: (k[0], k[2], any(name == "corruption" for name, _ in k[3]), str(k[3])))
 
 
 def same_truth(recs: list[RunRecord]) -> np.ndarray | None:

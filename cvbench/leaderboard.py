@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .aggregate import CSV_COLUMNS, cell_name, csv_rows
+from .aggregate import CSV_COLUMNS, cell_name, csv_rows, superseded
 from .atomic import atomic_write_text
 from .figures import cost_figure
 from .format import fmt, fmt_budget, md_table
@@ -35,7 +35,8 @@ from .results import RunRecord, load_records
 from .tasks import Task, list_tasks
 
 
-def _header(task: Task, records: list[RunRecord], quick: list[RunRecord]) -> list[str]:
+def _header(task: Task, records: list[RunRecord], quick: list[RunRecord],
+            old: list[RunRecord] = ()) -> list[str]:
     lines = [f"# {task.name} — {task.title}\n",
              f"Source study: {task.source} ([what it did and claimed](../docs/studies.md#{task.name})).\n"]
     if task.notes:
@@ -48,14 +49,21 @@ def _header(task: Task, records: list[RunRecord], quick: list[RunRecord]) -> lis
     lines.append("Data: " + "; ".join(variants) + ".\n")
     lines.append(f"Primary metric: **{task.primary}**. Every score comes with its bootstrap 95% "
                  f"interval. Reproduce with `cvbench suite {task.name}`.\n")
+    if old:
+        labels = "; ".join(sorted({r.label for r in old}))
+        lines.append(f"Not shown: {len(old)} older test-split record(s) of sweep points a later "
+                     f"validation selection turned down ({labels}); they stay in "
+                     f"`results/{task.name}.jsonl`.\n")
     return lines
 
 
 def render_task(task: Task, records: list[RunRecord], fig_dir: Path) -> str:
-    """The markdown of one task page; figures are written to `fig_dir`."""
+    """The markdown of one task page; figures are written to `fig_dir`. Records a later
+    validation selection superseded are left out, and counted (`aggregate.superseded`)."""
+    records, old = superseded(records)
     full = [r for r in records if not r.quick]
     quick = [r for r in records if r.quick]
-    lines = _header(task, full, quick)
+    lines = _header(task, full, quick, old)
     if not full and not quick:
         return "\n".join(lines)
     page = Page(task=task, records=full, quick=quick, fig_dir=fig_dir)
@@ -210,7 +218,8 @@ def render_all(root: Path | None = None, tasks: list[Task] | None = None) -> Pat
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     index = root / "index.md"
-    atomic_write_text(index, render_index(tasks, records, staging))
+    current = {name: superseded(recs)[0] for name, recs in records.items()}
+    atomic_write_text(index, render_index(tasks, current, staging))
     _swap_in(staging, figures / "index")
-    atomic_write_text(root / "results.csv", results_csv(tasks, records))
+    atomic_write_text(root / "results.csv", results_csv(tasks, current))
     return index

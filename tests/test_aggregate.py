@@ -15,7 +15,14 @@ import pytest
 
 from cvbench import cli
 from cvbench import report as report_module
-from cvbench.aggregate import choose, group_configs, headlines, pooled_samples, task_table
+from cvbench.aggregate import (
+    choose,
+    group_configs,
+    headlines,
+    pooled_samples,
+    superseded,
+    task_table,
+)
 from cvbench.leaderboard import render_all, render_index, render_task
 from cvbench.metrics import evaluate, holm, mcnemar_p
 from cvbench.plan import RunOptions
@@ -191,6 +198,40 @@ def test_without_validation_scores_a_choice_is_marked_as_made_on_test():
                     label="A", params={"k": k}) for k in (1, 3)]
     config, how, n = choose(group_configs(task, recs))
     assert how == "test" and n == 2 and config.params["k"] == 3
+
+
+def test_test_runs_of_points_a_later_validation_selection_turned_down_are_not_shown(tmp_path):
+    """scene15's records kept test-split runs of every step × k point from before the block
+    chose on validation; re-run with select = "validation", only the chosen point is new. The
+    old points made the headline a best-of-test again (0.654 † over 20, not the chosen
+    0.626). Superseded records are left out of every table, and counted on the page."""
+    task = get_task("demo")
+    y = np.arange(100) % 10
+
+    def pred(n_right):
+        return np.where(np.arange(100) < n_right, y, (y + 1) % 10)
+
+    old = [_record(f"old{k}", "demo", y, pred(60 + 5 * k), task.classes, label="A", params={"k": k, "size": 8},
+                   started=f"2026-12-01T10:0{k}:00+00:00") for k in (1, 3, 5)]
+    points = [{"params": {"k": k}, "mean": m, "scores": {"0": m}} for k, m in ((1, 0.5), (3, 0.7), (5, 0.6))]
+    chosen = _record("new3", "demo", y, pred(70), task.classes, label="A", params={"k": 3, "size": 8},
+                     started="2026-12-06T08:00:00+00:00",
+                     info={"selection": {"metric": "accuracy", "score": 0.7, "carve": "20% of train",
+                                         "points": points}})
+    other = _record("b", "demo", y, pred(90), task.classes, label="B", params={"k": 5, "size": 8},
+                    started="2026-12-01T10:00:00+00:00")  # another label's point: not a candidate
+    later = _record("old9", "demo", y, pred(99), task.classes, label="A", params={"k": 9, "size": 8},
+                    started="2026-12-01T10:09:00+00:00")  # not among the selection's points
+    recs = old + [chosen, other, later]
+    current, superseded_ = superseded(recs)
+    assert {r.key for r in superseded_} == {"old1", "old5"}  # old3 is the chosen config's own
+    assert {r.key for r in current} == {"old3", "new3", "b", "old9"}
+    page = render_task(task, recs, tmp_path)
+    assert "Not shown: 2 older test-split record(s)" in page and "(A)" in page
+    assert "0.8500" not in page  # old5's test score (85 of 100) appears nowhere
+    index = render_index([task], {"demo": current})
+    assert "0.8500" not in index
+    assert superseded(old) == (old, [])  # without a selection nothing is superseded
 
 
 def test_the_confusion_figure_is_the_rows_first_seed_never_the_best_run(tmp_path, monkeypatch):

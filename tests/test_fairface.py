@@ -220,6 +220,26 @@ def _record(composition, correct_by_race, seed=0, class_weight=None, gender=None
     return rec
 
 
+def test_a_family_under_a_corruption_is_its_own_and_named_so(tmp_path):
+    """The robustness blocks ran each composition under corruptions too: their comparison
+    families had the clean family's title, so the page wrote two figures of one name and
+    failed to render. Each is now titled with its corruption (clean first), figures unique."""
+    task = get_task("fairface")
+    recs = []
+    for corruption in (None, "jpeg:3"):
+        for comp, right in (("biased", [10, 6, 8, 8, 8, 8, 4]), ("balanced", [8] * 7)):
+            r = _record(comp, right)
+            if corruption:
+                r.conditions = {**r.conditions, "corruption": corruption}
+                r.key += corruption
+            recs.append(r)
+    md = render_task(task, recs, tmp_path)
+    titles = [line for line in md.splitlines() if line.startswith("### `cnn`") and "(paired)" in line]
+    assert len(titles) == 2 and "corruption" not in titles[0] and "corruption=jpeg:3" in titles[1]
+    pngs = sorted(p.name for p in tmp_path.glob("per-race-*.png"))
+    assert len(pngs) == 2 and len(set(pngs)) == 2
+
+
 def test_page_sections_tables_and_differences(tmp_path):
     task = get_task("fairface")
     balanced = _record("balanced", [8] * 7)

@@ -5,11 +5,19 @@ disparity summary, the paired differences and the seed table are shared sections
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 
 import numpy as np
 
-from cvbench.compare import N_BOOT, comparison_families, family_title, variant_name, variant_rank
+from cvbench.compare import (
+    N_BOOT,
+    comparison_families,
+    family_order,
+    family_title,
+    variant_name,
+    variant_rank,
+)
 from cvbench.figures import figure_setup, save_png
 from cvbench.format import details, fmt, fmt_budget, fmt_ci, fmt_seconds, md_table, slug
 from cvbench.metrics import group_bootstrap, group_statistics
@@ -60,7 +68,7 @@ def section_compositions(page: Page) -> str:
 def section_per_group(page: Page) -> str:
     fams = comparison_families(page)
     out = ["## Accuracy per race × gender (the study's Tables V–XI)\n"]
-    for fk in sorted(fams, key=lambda k: (k[0], k[2], str(k[3]))):
+    for fk in family_order(fams):
         recs = sorted(fams[fk], key=lambda r: (variant_rank(page, r), r.seed))
         title = family_title(page, recs)
         out.append(f"### {title}\n")
@@ -106,10 +114,18 @@ def _per_race_png(page: Page, recs: list[RunRecord], title: str) -> str | None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     ax.set_title(f"per-race accuracy: {title}", fontsize=7)
-    path, link = page.figure_path(f"per-race-{slug(title.replace('`', ''))[:90].strip('-')}.png")
+    path, link = page.figure_path(_figure_name("per-race", title))
     save_png(fig, path)
     plt.close(fig)
     return link
+
+
+def _figure_name(prefix: str, title: str) -> str:
+    """A figure file named after its family's title: readable (the title's slug, cut short)
+    and unique (a digest of the whole title, so two families whose slugs share their first
+    characters, such as one under a corruption, never collide)."""
+    digest = hashlib.sha1(title.encode()).hexdigest()[:8]
+    return f"{prefix}-{slug(title.replace('`', ''))[:80].strip('-')}-{digest}.png"
 
 
 def _confusion_pairs(page: Page, recs: list[RunRecord], title: str) -> list[str]:
@@ -150,8 +166,8 @@ def _confusion_pairs(page: Page, recs: list[RunRecord], title: str) -> list[str]
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         axes[0].set_ylabel("true")
         fig.suptitle(f"race confusion (row-normalised): {title}, seed {seed}", fontsize=8)
-        name = f"confusion-{cfg['contrast']}-vs-{cfg['reference']}-seed{seed}-{slug(title.replace('`', ''))[:90].strip('-')}.png"
-        path, link = page.figure_path(name)
+        path, link = page.figure_path(
+            _figure_name(f"confusion-{cfg['contrast']}-vs-{cfg['reference']}-seed{seed}", title))
         save_png(fig, path)
         plt.close(fig)
         out.append(f"![{cfg['contrast']} vs {cfg['reference']} confusion, seed {seed}]({link})\n")
@@ -202,7 +218,8 @@ def section_bias(page: Page) -> str:
     cfg = page.task.comparison
     ref = cfg.get("reference", "balanced")
     out = []
-    for _fk, recs in sorted(comparison_families(page).items(), key=lambda kv: (kv[0][0], kv[0][2], str(kv[0][3]))):
+    fams = comparison_families(page)
+    for recs in (fams[fk] for fk in family_order(fams)):
         by_variant: dict[str, dict[int, RunRecord]] = defaultdict(dict)
         for r in sorted(recs, key=lambda r: variant_rank(page, r)):
             by_variant[variant_name(page, r)][r.seed] = r
