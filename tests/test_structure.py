@@ -310,3 +310,21 @@ def test_a_task_folder_and_its_suite_are_all_it_takes(tmp_path, monkeypatch, cap
     assert knn.metrics["accuracy"] > 0.9
     index = (board / "index.md").read_text()
     assert f"[{name}]({name}.md)" in index and (board / f"{name}.md").is_file()
+
+
+def test_the_source_index_names_every_built_in_method_as_the_registry_does():
+    """`cvbench list` and lazy building read registrations from the source (cvbench.method_index,
+    which skips files that never name register_method and reads module-level statements only);
+    importing every module it considers must register exactly the methods it found, with the
+    same family and description."""
+    from cvbench.method_index import _source_modules, method_index
+
+    modules = {module for module, _ in _source_modules()}
+    for module in modules:
+        importlib.import_module(module)
+    index = method_index()
+    registered = {name: spec for name, spec in methods._METHODS.items()
+                  if spec.build.__wrapped__.__module__ in modules}
+    assert set(index) == set(registered)
+    for name, info in index.items():
+        assert (info.family, info.description) == (registered[name].family, registered[name].description), name
