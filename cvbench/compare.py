@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .aggregate import task_classes
+from .aggregate import CORRUPTION, task_classes
 from .format import values_of
 from .methods import HIDDEN_PARAMS
 from .metrics import group_bootstrap, group_statistics
@@ -60,10 +60,19 @@ def variant_rank(page, rec: RunRecord) -> tuple:
             tuple(str(values.get(k) or "") for k in vary[1:]), str(first))
 
 
+def clean_records(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs on clean test images (no test-image corruption): what a study's comparison
+    tables show; corrupted runs are the robustness section's."""
+    return [r for r in records if r.conditions.get(CORRUPTION) in (None, "none")]
+
+
 def comparison_families(page) -> dict[tuple, list[RunRecord]]:
+    """Records that differ only in the task's compared conditions (`vary`), on clean test
+    images: a run under a test-image corruption is the robustness section's (the study's
+    comparison is of clean test sets; five corruptions would repeat every table five times)."""
     vary = set(comparison_config(page).get("vary", ()))
     fams: dict[tuple, list[RunRecord]] = defaultdict(list)
-    for r in page.records:
+    for r in clean_records(page.records):
         fixed = tuple(sorted((k, repr(v)) for k, v in values_of(r).items()
                              if k not in vary and k not in HIDDEN_PARAMS and k != "budget_clock"))
         fams[(r.method, r.test_fingerprint, r.train_n, fixed)].append(r)

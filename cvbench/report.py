@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .aggregate import Row, TaskTable, cell_name, task_classes, task_table
+from .aggregate import CORRUPTION, Row, TaskTable, cell_name, task_classes, task_table
 from .compare import (
     N_BOOT,
     comparison_config,
@@ -428,10 +428,14 @@ def section_groups(page: Page) -> str:
     specs = [m.removeprefix("groups:") for m in page.task.metrics if m.startswith("groups:")]
     if not specs:
         return ""
-    order = sorted(page.records, key=lambda r: (r.method, r.label, variant_name(page, r), r.seed))
+    def corrupted(r: RunRecord) -> str:
+        return r.conditions.get(CORRUPTION) or ""
+
+    order = sorted(page.records, key=lambda r: (r.method, r.label, corrupted(r), variant_name(page, r), r.seed))
     rows = []
     for r in order:
-        row = [r.label, variant_name(page, r), str(r.seed)]
+        name = r.label + (f" · test images {corrupted(r)}" if corrupted(r) else "")
+        row = [name, variant_name(page, r), str(r.seed)]
         for spec in specs:
             s = r.group_summary(spec)
             row += [fmt(s.get(k), 3) for k in ("max", "min", "mean", "std", "gap")]

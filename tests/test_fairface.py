@@ -220,10 +220,15 @@ def _record(composition, correct_by_race, seed=0, class_weight=None, gender=None
     return rec
 
 
-def test_a_family_under_a_corruption_is_its_own_and_named_so(tmp_path):
+def test_runs_under_a_corruption_stay_out_of_the_studys_comparison_and_render(tmp_path):
     """The robustness blocks ran each composition under corruptions too: their comparison
     families had the clean family's title, so the page wrote two figures of one name and
-    failed to render. Each is now titled with its corruption (clean first), figures unique."""
+    failed to render, and each study table would have come five times. The study's comparison
+    is of clean test images (corrupted runs are the robustness section's); a family's title
+    names any other fixed condition, and figure names are unique per title."""
+    from cvbench.compare import family_title
+    from cvbench.tasks.fairface.report import _figure_name
+
     task = get_task("fairface")
     recs = []
     for corruption in (None, "jpeg:3"):
@@ -235,9 +240,14 @@ def test_a_family_under_a_corruption_is_its_own_and_named_so(tmp_path):
             recs.append(r)
     md = render_task(task, recs, tmp_path)
     titles = [line for line in md.splitlines() if line.startswith("### `cnn`") and "(paired)" in line]
-    assert len(titles) == 2 and "corruption" not in titles[0] and "corruption=jpeg:3" in titles[1]
-    pngs = sorted(p.name for p in tmp_path.glob("per-race-*.png"))
-    assert len(pngs) == 2 and len(set(pngs)) == 2
+    assert len(titles) == 1 and "corruption" not in titles[0]
+    assert len(list(tmp_path.glob("per-race-*.png"))) == 1
+    assert "## Robustness" in md and "jpeg:3" in md  # the corrupted runs are shown there
+    assert "joint · test images jpeg:3 | biased |" in md  # run by run, named by its test images
+    page = Page(task, recs, [], tmp_path)
+    assert "corruption=jpeg:3" in family_title(page, [recs[2]])
+    long = "`cnn` (" + "x" * 100
+    assert _figure_name("per-race", long + "a)") != _figure_name("per-race", long + "b)")
 
 
 def test_page_sections_tables_and_differences(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 
 from cvbench.compare import (
     N_BOOT,
+    clean_records,
     comparison_families,
     family_order,
     family_title,
@@ -36,13 +37,13 @@ def _race_gender(name: str) -> tuple[str, str]:
 
 
 def section_compositions(page: Page) -> str:
-    records = page.records
+    records = clean_records(page.records)
     out = ["## Bias study: training compositions at equal size\n",
            "Every composition is drawn from the training split at the same total size N "
            "(the largest N at which the study's biased mix still fits; counts rounded by largest "
            "remainder; natural = a simple random sample). Mitigations keep the biased data and "
            "change the loss (class-balanced weights) or the sampler (group-balanced batches). "
-           "Test = FairFace's released validation set. Gender / age come from the joint "
+           "Test = FairFace's released validation set, clean (runs under a corruption are in the robustness section). Gender / age come from the joint "
            "model's auxiliary heads. Best val acc. is measured on the validation part carved "
            "from that run's own training mix, so it is not comparable across compositions "
            "(a White-heavy validation set rewards predicting White).\n"]
