@@ -10,6 +10,7 @@ import numpy as np
 from scipy.stats import norm
 
 from cvbench.aggregate import test_set_id
+from cvbench.compare import clean_records
 from cvbench.format import md_table
 from cvbench.methods import HIDDEN_PARAMS
 from cvbench.metrics import paired_bootstrap_diff
@@ -145,8 +146,11 @@ def chance_and_caveat(records: list[RunRecord]) -> str:
 
 
 def section_occlusion(page: Page) -> str:
-    """The honesty banner, the 2x2 occlusion tables, and how to run on real data."""
-    records = page.records
+    """The honesty banner, the 2x2 occlusion tables, and how to run on real data. Clean test
+    images only (besides the occlusion): a run under a test-image corruption shares its
+    occlusion cell and seed with a clean one, and would replace it (the robustness section
+    shows those)."""
+    records = clean_records(page.records)
     fixture = [r for r in records if r.is_fixture]
     real = [r for r in records if not r.is_fixture]
     lines = ["## Occlusion study: trained with / without masks x tested on clean / occluded\n"]
