@@ -355,6 +355,7 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_records(args) -> int:
     """Check every record file (report invalid lines) or rewrite them at the current schema."""
+    from .aggregate import superseded
     from .results import load_records as load
     from .results import rewrite_records
     from .tasks import list_tasks
@@ -370,7 +371,10 @@ def cmd_records(args) -> int:
                 print(f"{t.name}: {n} record(s) at the current schema in {results_path(t.name, root)}")
         recs = load(t.name, root, warn=problems.append)
         if args.action == "check":
-            print(f"{t.name}: {len(recs)} valid record(s)")
+            old = superseded(recs)[1]
+            note = (f", {len(old)} of them set aside (test runs of sweep points a later validation "
+                    "selection turned down; kept in the file, not shown)") if old else ""
+            print(f"{t.name}: {len(recs)} valid record(s){note}")
     for p in problems:
         print(f"  {p}")
     return 1 if problems else 0

@@ -27,7 +27,7 @@ from cvbench.leaderboard import render_all, render_index, render_task
 from cvbench.metrics import evaluate, holm, mcnemar_p
 from cvbench.plan import RunOptions
 from cvbench.report import Page
-from cvbench.results import RunRecord, load_records
+from cvbench.results import RunRecord, append_record, load_records
 from cvbench.run import run_suite
 from cvbench.tasks import get_task
 
@@ -232,6 +232,21 @@ def test_test_runs_of_points_a_later_validation_selection_turned_down_are_not_sh
     index = render_index([task], {"demo": current})
     assert "0.8500" not in index
     assert superseded(old) == (old, [])  # without a selection nothing is superseded
+
+
+def test_records_check_counts_the_records_a_selection_set_aside(tmp_path, capsys):
+    task = get_task("demo")
+    y = np.arange(20) % 10
+    points = [{"params": {"k": k}, "mean": 0.5, "scores": {"0": 0.5}} for k in (1, 3)]
+    old = _record("old1", "demo", y, y, task.classes, label="A", params={"k": 1},
+                  started="2026-12-01T10:00:00+00:00")
+    new = _record("new3", "demo", y, y, task.classes, label="A", params={"k": 3},
+                  started="2026-12-06T10:00:00+00:00",
+                  info={"selection": {"metric": "accuracy", "score": 0.5, "points": points}})
+    for r in (old, new):
+        append_record(r, tmp_path)
+    assert cli.main(["records", "check", "--leaderboard", str(tmp_path)]) == 0
+    assert "demo: 2 valid record(s), 1 of them set aside" in capsys.readouterr().out
 
 
 def test_the_confusion_figure_is_the_rows_first_seed_never_the_best_run(tmp_path, monkeypatch):
