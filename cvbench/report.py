@@ -558,13 +558,16 @@ def section_robustness(page: Page) -> str:
     metric = page.primary
     values = sorted({v for r in robust for v in r.corrupted if v.endswith(":3")})
     head = ["method", f"clean {metric}"] + [f"{v} (drop [95% CI])" for v in values] + ["mean under corruption"]
-    body = []
+    body, collapsed = [], False
     for r in robust:
         row = [row_name_of(r.clean), fmt(r.clean.mean(), 3)]
         for v in values:
             if v in r.corrupted:
                 d, ci = r.drop(v)
-                row.append(f"{fmt(r.corrupted[v].mean(), 3)} ({fmt_drop(d, ci)})")
+                one = one_class(r.corrupted[v])
+                row.append(f"{fmt(r.corrupted[v].mean(), 3)} ({fmt_drop(d, ci)})"
+                           + (f" ¹ all \"{one}\"" if one is not None and one_class(r.clean) is None else ""))
+                collapsed = collapsed or (one is not None and one_class(r.clean) is None)
             else:
                 row.append("–")
         row.append(fmt_under(r))
@@ -575,6 +578,9 @@ def section_robustness(page: Page) -> str:
            f"{metric} under the corruption and its drop from clean, with the paired bootstrap interval "
            "of the drop (the same test items, resampled alike; bold: the interval excludes 0). Mean "
            "under corruption averages the corruptions of the row.\n", md_table(head, body)]
+    if collapsed:
+        out.append("¹ The model predicted one class for every test image under this corruption "
+                   "(every seed), which it does not on clean images: a collapse, not a graded loss.\n")
     sweeps = [r for r in robust if any(len(r.severities(n)) > 1 for n in r.names)]
     for r in sweeps:
         sevs = sorted({s for n in r.names for s in r.severities(n)})
@@ -588,6 +594,16 @@ def section_robustness(page: Page) -> str:
                    f"{metric} at severity 0, then the mean over the corruptions it ran at each severity; "
                    "colours are families.\n")
     return "\n".join(out)
+
+
+def one_class(config) -> str | None:
+    """The class a configuration predicted for every test item in every seed, if it did."""
+    preds = {p for rec in config.records for p in rec.y_pred()}
+    if len(preds) != 1 or any(not rec.y_pred() for rec in config.records):
+        return None
+    (p,) = preds
+    classes = config.classes
+    return str(classes[p]) if isinstance(p, int) and 0 <= p < len(classes) else str(p)
 
 
 def row_name_of(config) -> str:

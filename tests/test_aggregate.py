@@ -450,3 +450,19 @@ def test_headlines_come_from_the_default_cell_in_order_of_preference():
     table = task_table(task, [whole, comp])
     ((row, n, how),) = headlines(table.rows, table.default_cell)
     assert row.label == "deep all" and how == "single"
+
+
+def test_a_collapse_to_one_class_under_a_corruption_is_named(tmp_path):
+    """demo's Small ResNet predicted "8" for all 599 contrast:3 images (0.097): the robustness
+    table says so, rather than leaving it to read as a graded loss."""
+    task = get_task("demo")
+    y = np.arange(100) % 10
+    clean = _record("c", "demo", y, y, task.classes, label="net")
+    flat = _record("f", "demo", y, np.full(100, 8), task.classes, label="net",
+                   conditions={"corruption": "contrast:3"})
+    noisy = _record("n", "demo", y, np.where(np.arange(100) < 90, y, (y + 1) % 10), task.classes,
+                    label="net", conditions={"corruption": "jpeg:3"})
+    text = report_module.section_robustness(Page(task, [clean, flat, noisy], [], tmp_path))
+    row = next(line for line in text.splitlines() if line.startswith("| net |"))
+    assert '¹ all "8"' in row and row.count("¹") == 1  # jpeg:3 is a graded loss, not flagged
+    assert "predicted one class for every test image" in text
