@@ -61,10 +61,18 @@ def cmd_list(args) -> int:
         infos = {m.name: m for m in method_infos()}
     for m in sorted(infos.values(), key=lambda m: m.name):
         print(f"  {m.name:<20} {m.family:<10} {m.description}")
-    for t in list_tasks():
+    tasks = list_tasks()
+    by_name: dict[str, list] = {}
+    for t in tasks:
         for c in t.conditions.values():
-            values = ", ".join(map(str, c.values)) if c.values else "see the task"
-            print(f"  condition of {t.name}: {c.name} = {values} ({c.acts_on}: {c.what})")
+            by_name.setdefault(c.name, []).append((t.name, c))
+    print("\nConditions (a suite's `conditions`, or `--condition NAME=VALUE`):")
+    for name, uses in by_name.items():
+        c = uses[0][1]
+        shared = len(uses) == len(tasks) and len({(u.acts_on, u.what) for _, u in uses}) == 1
+        for where, cond in ([("every task", c)] if shared else uses):
+            values = f"; values: {', '.join(map(str, cond.values))}" if cond.values else ""
+            print(f"  {name:<16} {where}, {cond.acts_on}: {cond.what}{values}")
     return 0
 
 

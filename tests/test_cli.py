@@ -59,6 +59,17 @@ def test_method_descriptions_are_whole_first_paragraphs(capsys):
     assert line.rstrip().endswith("(top-5 classes = the 5 best-matching classes).")
 
 
+def test_list_names_a_condition_every_task_has_once_with_its_values(capsys):
+    """It printed "condition of <task>: corruption = see the task" six times."""
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "see the task" not in out
+    corruption = [ln for ln in out.splitlines() if ln.strip().startswith("corruption ")]
+    assert len(corruption) == 1 and "every task, test:" in corruption[0] and "jpeg" in corruption[0]
+    (occ,) = [ln for ln in out.splitlines() if ln.strip().startswith("test_occlusion ")]
+    assert "hotelid, test:" in occ and occ.endswith("values: none, masks")
+
+
 def test_a_bad_image_error_crosses_a_process_unchanged():
     """joblib's worker processes pickle the error: its message must not gain a second prefix."""
     exc = BadImageError("/data/a.jpg", "Truncated File Read")
