@@ -415,7 +415,11 @@ def run_suite(task_name: str, options: RunOptions, only: str | None = None, path
     check_specs(task, suite.specs(quick=not options.quick, only=only))  # the other mode too
     plan = plan_runs(task, specs, replace(options, save=False) if dry_run else options,
                      gpu_blocks=suite.gpu_blocks, log=log)
+    planned = len(plan.runs)
     select_on_validation(plan, suite.blocks, options, log=log, dry_run=dry_run)
+    if len(plan.runs) < planned:
+        log(f"{task.name}: {len(plan.runs)} run(s) after the validation selections "
+            f"({planned - len(plan.runs)} of points not chosen are not run on the test split)")
     report = SuiteReport(task=task.name, skipped_gpu=len(plan.skipped_gpu))
     if dry_run:
         for group in plan.groups:

@@ -285,6 +285,7 @@ def test_select_validation_runs_only_the_chosen_point_on_test(tmp_path, monkeypa
     listed = []  # resume: the stored selection is reused, nothing is fitted again
     report = run_suite("demo", options, path=suite, log=listed.append, dry_run=True)
     assert report.resumed == 2 and not any("choosing" in m for m in listed)
+    assert "demo: 2 run(s) after the validation selections (4 of points not chosen" in "\n".join(listed)
 
 
 # ---------------------------------------------------------------- 5. runtimes
