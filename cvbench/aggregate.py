@@ -160,17 +160,17 @@ def superseded(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecor
     the block chose on validation (or from an older selection). Tables show only the
     current records; counting a turned-down point's test score would make the headline a
     best-of-test again."""
-    selections: dict[tuple, list[RunRecord]] = defaultdict(list)
+    selections: dict[tuple, list[tuple[RunRecord, list[dict[str, Any]]]]] = defaultdict(list)
     for r in records:
-        if _candidates(r):
-            selections[_place(r)].append(r)
+        if points := _candidates(r):
+            selections[_place(r)].append((r, points))
     if not selections:
         return list(records), []
     current, old = [], []
     for r in records:
-        newer = [s for s in selections.get(_place(r), ()) if s.started > r.started
-                 and config_id(s) != config_id(r)]
-        if any(_matches(r, p) for s in newer for p in _candidates(s)):
+        newer = [points for s, points in selections.get(_place(r), ())
+                 if s.started > r.started and config_id(s) != config_id(r)]
+        if any(_matches(r, p) for points in newer for p in points):
             old.append(r)
         else:
             current.append(r)
@@ -375,8 +375,16 @@ def choose(configs: list[Config]) -> tuple[Config, str, int]:
 CORRUPTION = "corruption"  # the test-side condition every task has (cvbench.corruptions)
 
 
-def corruption_of(config: Config) -> str | None:
+def corruption_of(config: Config | RunRecord) -> str | None:
+    """The test-image corruption of a configuration or a record (None on clean images)."""
     return config.conditions.get(CORRUPTION)
+
+
+def clean_records(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs on clean test images: what a task section that groups records itself shows (a
+    run under a corruption shares its fit, cell and seed with a clean one; the robustness
+    table shows it)."""
+    return [r for r in records if corruption_of(r) in (None, "none")]
 
 
 def clean_id(config: Config) -> str:

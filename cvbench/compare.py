@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .aggregate import CORRUPTION, task_classes
+from .aggregate import clean_records, task_classes
 from .format import values_of
 from .methods import HIDDEN_PARAMS
 from .metrics import group_bootstrap, group_statistics
@@ -60,12 +60,6 @@ def variant_rank(page, rec: RunRecord) -> tuple:
             tuple(str(values.get(k) or "") for k in vary[1:]), str(first))
 
 
-def clean_records(records: list[RunRecord]) -> list[RunRecord]:
-    """The runs on clean test images (no test-image corruption): what a study's comparison
-    tables show; corrupted runs are the robustness section's."""
-    return [r for r in records if r.conditions.get(CORRUPTION) in (None, "none")]
-
-
 def comparison_families(page) -> dict[tuple, list[RunRecord]]:
     """Records that differ only in the task's compared conditions (`vary`), on clean test
     images: a run under a test-image corruption is the robustness section's (the study's
@@ -97,8 +91,7 @@ def family_title(page, recs: list[RunRecord]) -> str:
 
 
 def family_order(fams) -> list[tuple]:
-    """By method and training size; a family on clean test images before its corrupted ones."""
-    return sorted(fams, key=lambda k: (k[0], k[2], any(name == "corruption" for name, _ in k[3]), str(k[3])))
+    return sorted(fams, key=lambda k: (k[0], k[2], str(k[3])))
 
 
 def same_truth(recs: list[RunRecord]) -> np.ndarray | None:

@@ -71,14 +71,15 @@ def _registrations(module: str, path: Path) -> list[MethodInfo]:
         return MethodInfo(name, family, kw.get("description") or docs.get(target, ""), module)
 
     out = []
-    calls = (n.value for n in top if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call))
-    for node in [n for n in top if isinstance(n, (ast.ClassDef, ast.FunctionDef))] + list(calls):
+    for node in top:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             out += [i for d in node.decorator_list if isinstance(d, ast.Call) and (i := info(d, node.name))]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Call) and node.args:
-            target = node.args[0].id if isinstance(node.args[0], ast.Name) else ""
-            if (i := info(node.func, target)) is not None:
-                out.append(i)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            call = node.value  # register_method(...)(Name)
+            if isinstance(call.func, ast.Call) and call.args:
+                target = call.args[0].id if isinstance(call.args[0], ast.Name) else ""
+                if (i := info(call.func, target)) is not None:
+                    out.append(i)
     return out
 
 

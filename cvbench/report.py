@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from .aggregate import CORRUPTION, Row, TaskTable, cell_name, task_classes, task_table
+from .aggregate import (
+    CORRUPTION,
+    Row,
+    TaskTable,
+    cell_name,
+    corruption_of,
+    task_classes,
+    task_table,
+)
 from .compare import (
     N_BOOT,
     comparison_config,
@@ -428,13 +436,11 @@ def section_groups(page: Page) -> str:
     specs = [m.removeprefix("groups:") for m in page.task.metrics if m.startswith("groups:")]
     if not specs:
         return ""
-    def corrupted(r: RunRecord) -> str:
-        return r.conditions.get(CORRUPTION) or ""
-
-    order = sorted(page.records, key=lambda r: (r.method, r.label, corrupted(r), variant_name(page, r), r.seed))
+    order = sorted(page.records, key=lambda r: (r.method, r.label, corruption_of(r) or "",
+                                                variant_name(page, r), r.seed))
     rows = []
     for r in order:
-        name = r.label + (f" · test images {corrupted(r)}" if corrupted(r) else "")
+        name = r.label + (f" · test images {corruption_of(r)}" if corruption_of(r) else "")
         row = [name, variant_name(page, r), str(r.seed)]
         for spec in specs:
             s = r.group_summary(spec)
@@ -564,10 +570,10 @@ def section_robustness(page: Page) -> str:
         for v in values:
             if v in r.corrupted:
                 d, ci = r.drop(v)
-                one = one_class(r.corrupted[v])
+                one = one_class(r.corrupted[v]) if one_class(r.clean) is None else None
                 row.append(f"{fmt(r.corrupted[v].mean(), 3)} ({fmt_drop(d, ci)})"
-                           + (f" ¹ all \"{one}\"" if one is not None and one_class(r.clean) is None else ""))
-                collapsed = collapsed or (one is not None and one_class(r.clean) is None)
+                           + (f" ¹ all \"{one}\"" if one is not None else ""))
+                collapsed = collapsed or one is not None
             else:
                 row.append("–")
         row.append(fmt_under(r))
@@ -607,7 +613,7 @@ def one_class(config) -> str | None:
 
 
 def row_name_of(config) -> str:
-    cell = cell_name({k: v for k, v in config.conditions.items() if k != "corruption"})
+    cell = cell_name({k: v for k, v in config.conditions.items() if k != CORRUPTION})
     return config.label + (f" · {cell}" if cell else "")
 
 

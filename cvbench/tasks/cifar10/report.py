@@ -4,7 +4,7 @@ claims as claims."""
 
 from __future__ import annotations
 
-from cvbench.compare import clean_records
+from cvbench.aggregate import clean_records
 from cvbench.format import fmt, md_table
 from cvbench.report import Page
 

@@ -10,9 +10,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from cvbench.aggregate import clean_records
 from cvbench.compare import (
     N_BOOT,
-    clean_records,
     comparison_families,
     family_order,
     family_title,

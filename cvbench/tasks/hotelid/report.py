@@ -9,8 +9,7 @@ from collections import defaultdict
 import numpy as np
 from scipy.stats import norm
 
-from cvbench.aggregate import test_set_id
-from cvbench.compare import clean_records
+from cvbench.aggregate import clean_records, test_set_id
 from cvbench.format import md_table
 from cvbench.methods import HIDDEN_PARAMS
 from cvbench.metrics import paired_bootstrap_diff

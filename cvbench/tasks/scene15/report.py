@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cvbench.compare import clean_records
+from cvbench.aggregate import clean_records
 from cvbench.format import fmt, md_table
 from cvbench.report import Page
 from cvbench.results import RunRecord
